@@ -1,0 +1,77 @@
+"""What every search space provides, and the unit both cost models share (``Part``)."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Dict, Iterable, List, Sequence, Tuple, Type
+
+from torch import nn
+
+from .arch import ArchBase
+
+
+@dataclass(frozen=True)
+class Part:
+    """One op instance of a network, with everything that decides its cost.
+
+    ``key`` is canonical (equal keys cost the same FLOPs and latency), ``make`` builds the
+    deployed op in eval form, ``inputs`` are its input shapes at batch 1, ``kind`` groups parts
+    for reports and per-type latency factors.  A network is the composition of its parts with
+    only free glue (cat, views) between them, so costs add up.
+    """
+
+    key: str
+    kind: str
+    inputs: Tuple[Tuple[int, ...], ...]
+    make: Callable[[], nn.Module] = field(compare=False, repr=False)
+
+
+def part_key(kind: str, **fields: Any) -> str:
+    body = ",".join(f"{k}={v}" for k, v in sorted(fields.items()))
+    return f"{kind}({body})"
+
+
+class SearchSpace:
+    """A configured space: the choices offered to drivers, and how they become an ``Arch``.
+
+    ``build``/``parts`` depend on the architecture only (an Arch carries all it needs);
+    the instance's settings (candidate ops, macro sizes, supernet size) shape the choices.
+    """
+
+    name: ClassVar[str] = ""
+    arch_cls: ClassVar[Type[ArchBase]]
+    presets: ClassVar[Dict[str, ArchBase]] = {}
+
+    def choices(self) -> Dict[str, List[Any]]:
+        """Flat categorical parameters, name -> options (strings/ints), stable order."""
+        raise NotImplementedError
+
+    def decode(self, params: Dict[str, Any]) -> ArchBase:
+        raise NotImplementedError
+
+    def encode(self, arch: ArchBase) -> Dict[str, Any]:
+        """Inverse of decode where the arch lies inside this space's choices."""
+        raise NotImplementedError
+
+    def sample(self, rng: random.Random) -> ArchBase:
+        return self.decode({k: rng.choice(v) for k, v in self.choices().items()})
+
+    def settings(self) -> Dict[str, Any]:
+        """Resolved settings, written to config.json."""
+        raise NotImplementedError
+
+    def supernet(self, num_classes: int, input_size: Sequence[int]) -> nn.Module:
+        """Weight-sharing supernet with ``set_active(arch)``, for accuracy estimation."""
+        raise NotImplementedError
+
+    def all_parts(self) -> Iterable[Part]:
+        """Every distinct part the space can produce (what a latency table must hold)."""
+        raise NotImplementedError
+
+    @staticmethod
+    def build(arch: ArchBase, deploy: bool = True) -> nn.Module:
+        raise NotImplementedError
+
+    @staticmethod
+    def parts(arch: ArchBase) -> List[Part]:
+        raise NotImplementedError

@@ -1,0 +1,83 @@
+"""Building blocks shared by the op library, and how ops adapt to ``(C_in, C_out, stride)``.
+
+Several published modules only exist at C_in == C_out and stride 1.  The registry adapts them
+the way DARTS' own cells do: a stride-2 input goes through ``FactorizedReduce`` and a channel
+change through a 1x1 ``ReLUConvBN`` (``project``), so the adaptation costs what it costs in the
+DARTS network and is counted like any other op.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ReLUConvBN(nn.Sequential):
+    """DARTS' ReLU -> Conv -> BN (its preprocessing and projection unit)."""
+
+    def __init__(self, C_in: int, C_out: int, kernel_size: int = 1, stride: int = 1,
+                 padding: int = 0, affine: bool = True):
+        super().__init__(
+            nn.ReLU(inplace=False),
+            nn.Conv2d(C_in, C_out, kernel_size, stride=stride, padding=padding, bias=False),
+            nn.BatchNorm2d(C_out, affine=affine),
+        )
+
+
+class FactorizedReduce(nn.Module):
+    """DARTS' stride-2 reduction: two offset 1x1 stride-2 convs, concatenated, then BN.
+
+    DARTS slices ``x[:, :, 1:, 1:]`` and so needs even sizes; padding one zero row/column first
+    reads the same pixels for even sizes and also works for odd ones.
+    """
+
+    def __init__(self, C_in: int, C_out: int, affine: bool = True):
+        super().__init__()
+        self.relu = nn.ReLU(inplace=False)
+        self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, padding=0, bias=False)
+        self.conv_2 = nn.Conv2d(C_in, C_out - C_out // 2, 1, stride=2, padding=0, bias=False)
+        self.bn = nn.BatchNorm2d(C_out, affine=affine)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(x)
+        shifted = F.pad(x, (0, 1, 0, 1))[:, :, 1:, 1:]
+        return self.bn(torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1))
+
+
+class Zero(nn.Module):
+    """DARTS' ``none``: outputs zeros of the right shape (no arithmetic, so it costs nothing)."""
+
+    def __init__(self, C_out: int, stride: int):
+        super().__init__()
+        self.C_out, self.stride = C_out, stride
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = x.shape
+        s = self.stride
+        return x.new_zeros(b, self.C_out, (h + s - 1) // s, (w + s - 1) // s)
+
+
+def project(C_in: int, C_out: int, stride: int) -> nn.Module:
+    """Identity when shapes already match, else DARTS' reduction / 1x1 projection."""
+    if stride == 2:
+        return FactorizedReduce(C_in, C_out)
+    if stride != 1:
+        raise ValueError(f"stride must be 1 or 2, got {stride}")
+    if C_in != C_out:
+        return ReLUConvBN(C_in, C_out, 1)
+    return nn.Identity()
+
+
+class Adapted(nn.Sequential):
+    """``project`` followed by a module that needs C_in == C_out and stride 1."""
+
+    def __init__(self, C_in: int, C_out: int, stride: int, body: nn.Module):
+        pre = project(C_in, C_out, stride)
+        mods = [body] if isinstance(pre, nn.Identity) else [pre, body]
+        super().__init__(*mods)
+
+
+def check_stride(stride: int) -> int:
+    if stride not in (1, 2):
+        raise ValueError(f"stride must be 1 or 2, got {stride}")
+    return stride

@@ -1,0 +1,92 @@
+"""Name -> constructor registries, as DARTS' ``OPS`` dict and mobile-vision's ``PRIMITIVES``.
+
+A registry holds constructors that share one signature; the name is the spec.  Entries may
+carry tags (``"attention"``, ``"reparam"``...) so that a space can choose defaults by role
+without naming every op.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
+
+
+class UnknownName(KeyError):
+    """An op/space name that no registry entry has; the message suggests close names."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it plain
+        return str(self.args[0])
+
+
+class Registry:
+    def __init__(self, kind: str, signature: str):
+        self.kind = kind
+        self.signature = signature  # shown in errors and docs: the contract every entry honours
+        self._fns: Dict[str, Callable] = {}
+        self._tags: Dict[str, frozenset] = {}
+        self._meta: Dict[str, dict] = {}
+
+    def register(self, name: str, fn: Optional[Callable] = None, *, tags: Iterable[str] = (),
+                 **meta):
+        """Use as ``@REG.register("name")`` or ``REG.register("name", fn)``.
+
+        ``meta`` holds documented facts the tests read, e.g. ``no_trace="why"`` for an op
+        that ``torch.jit.trace`` cannot capture.
+        """
+        def deco(f: Callable) -> Callable:
+            if name in self._fns:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._fns[name] = f
+            self._tags[name] = frozenset(tags)
+            self._meta[name] = dict(meta)
+            return f
+        return deco(fn) if fn is not None else deco
+
+    def get(self, name: str) -> Callable:
+        try:
+            return self._fns[name]
+        except KeyError:
+            raise UnknownName(self.unknown_message(name)) from None
+
+    def unknown_message(self, name: str) -> str:
+        close = difflib.get_close_matches(name, self._fns, n=3)
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        return f"unknown {self.kind} {name!r}{hint}; known: {', '.join(self.names())}"
+
+    def __getitem__(self, name: str) -> Callable:
+        return self.get(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._fns
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._fns)
+
+    def names(self, tag: Optional[str] = None, exclude: Iterable[str] = ()) -> List[str]:
+        """Names in registration order, optionally only those carrying ``tag``."""
+        ex = set(exclude)
+        return [n for n in self._fns
+                if (tag is None or tag in self._tags[n]) and not (self._tags[n] & ex)]
+
+    def tags(self, name: str) -> frozenset:
+        self.get(name)
+        return self._tags[name]
+
+    def meta(self, name: str) -> dict:
+        self.get(name)
+        return self._meta[name]
+
+    def items(self) -> List[Tuple[str, Callable]]:
+        return list(self._fns.items())
+
+    def check(self, names: Iterable[str]) -> List[str]:
+        """Validate user-given names, raising one UnknownName for the first bad one."""
+        names = list(names)
+        for n in names:
+            self.get(n)
+        return names
+
+    def __repr__(self) -> str:
+        return f"Registry({self.kind}: {len(self)} entries)"
