@@ -12,7 +12,7 @@ from torch import nn
 from . import ops  # noqa: F401  (registers every op module)
 from .arch import ArchBase, ArchError, load_arch
 from .base import Part, SearchSpace
-from .registries import ATTENTIONS, CHANNEL_MIXERS, FUSIONS, OPS, SPACES, TOKEN_MIXERS
+from .registries import ATTENTIONS, CHANNEL_MIXERS, DW_CONVS, FUSIONS, OPS, SPACES, TOKEN_MIXERS
 from .registry import UnknownName
 from . import darts  # noqa: F401  (registers the spaces)
 
@@ -49,6 +49,6 @@ def preset(name: str) -> ArchBase:
     raise UnknownName(f"unknown preset {name!r}; known: {', '.join(known)}")
 
 
-__all__ = ["OPS", "FUSIONS", "ATTENTIONS", "TOKEN_MIXERS", "CHANNEL_MIXERS", "SPACES", "Arch",
+__all__ = ["OPS", "FUSIONS", "ATTENTIONS", "TOKEN_MIXERS", "CHANNEL_MIXERS", "DW_CONVS", "SPACES", "Arch",
            "ArchBase", "ArchError", "Part", "SearchSpace", "build", "parts", "load_arch",
            "get_space", "preset", "UnknownName"]

@@ -6,6 +6,10 @@ fusion op here).  The deployed network is DARTS' CIFAR network: a 3x3 stem to 3C
 ``cells`` cells with reductions at cells//3 and 2*cells//3, global pooling and a linear head.
 The supernet is the same network, smaller (DARTS searches with 8 cells and 16 channels), with
 every candidate on every edge and combine; one path is active at a time (SPOS).
+
+Ops that thread a state along the network (DCANet's ``dca_se``) chain along a *stage*: the
+state is cleared at the start of every forward and at every reduction cell, and within a stage
+it flows in execution order (cells in order; inside a cell node by node, edge 0 then edge 1).
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from .arch import ArchBase, ArchError
 from .base import Part, SearchSpace, part_key
 from .choice import Choice
 from .ops import deploy as deploy_ops
+from .ops.base import WithState, link_state, stateful_key
 from .ops.common import FactorizedReduce, ReLUConvBN
 from .registries import FUSIONS, OPS, SPACES
 
@@ -190,11 +195,16 @@ class DartsNetwork(nn.Module):
         self.drop_path_prob = 0.0  # set by the trainer; DARTS uses 0.2 ramped over training
         self.stem = _stem(c_in, C_stem)
         self.cells = nn.ModuleList(DartsCell(arch.reduce if l.reduction else arch.normal, l) for l in layers)
+        self.reductions = [l.reduction for l in layers]
         self.head = Head(C_last, arch.num_classes)
+        self.state = link_state(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.state.clear()
         s0 = s1 = self.stem(x)
-        for cell in self.cells:
+        for cell, reduction in zip(self.cells, self.reductions):
+            if reduction:
+                self.state.clear()  # a new stage starts a new attention chain
             s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
         return self.head(s1)
 
@@ -207,9 +217,20 @@ def _deployed(make):
     return f
 
 
-def op_part(name: str, C_in: int, C_out: int, stride: int, hw: Tuple[int, int]) -> Part:
-    return Part(part_key("op", name=name, cin=C_in, cout=C_out, s=stride, hw=f"{hw[0]}x{hw[1]}"),
-                name, ((1, C_in, *hw),), _deployed(lambda: OPS[name](C_in, C_out, stride)))
+def op_part(name: str, C_in: int, C_out: int, stride: int, hw: Tuple[int, int],
+            chain: Optional[set] = None) -> Part:
+    """An edge op; ``chain`` (the network-state names already written in this stage) decides
+    whether a stateful op runs as the start of its chain or continues one."""
+    fields = dict(name=name, cin=C_in, cout=C_out, s=stride, hw=f"{hw[0]}x{hw[1]}")
+    key = stateful_key(OPS.meta(name))
+    if key is None:
+        return Part(part_key("op", **fields), name, ((1, C_in, *hw),),
+                    _deployed(lambda: OPS[name](C_in, C_out, stride)))
+    prev = chain is not None and key in chain
+    if chain is not None:
+        chain.add(key)
+    return Part(part_key("op", **fields, prev=int(prev)), name, ((1, C_in, *hw),),
+                _deployed(lambda: WithState(OPS[name](C_in, C_out, stride), prev)))
 
 
 def fusion_part(name: str, C: int, hw: Tuple[int, int]) -> Part:
@@ -245,12 +266,15 @@ def parts(arch: DartsArch) -> List[Part]:
     C_stem, layers, C_last = plan(arch.channels, arch.cells, (h, w),
                                   len(arch.normal.concat), len(arch.reduce.concat))
     out = [_stem_part(c_in, C_stem, (h, w))]
+    chain: set = set()
     for layer in layers:
         cell = arch.reduce if layer.reduction else arch.normal
+        if layer.reduction:
+            chain = set()
         out += _pre_parts(layer)
         for k, (name, i) in enumerate(cell.edges):
             stride = 2 if layer.reduction and i < 2 else 1
-            out.append(op_part(name, layer.C, layer.C, stride, layer.hw if i < 2 else layer.hw_out))
+            out.append(op_part(name, layer.C, layer.C, stride, layer.hw if i < 2 else layer.hw_out, chain))
             if k % 2:
                 out.append(fusion_part(cell.combine[k // 2], layer.C, layer.hw_out))
     out.append(_head_part(C_last, arch.num_classes, layers[-1].hw_out))
@@ -306,14 +330,18 @@ class DartsSupernet(nn.Module):
         self.stem = _stem(c_in, C_stem)
         self.cells = nn.ModuleList(SuperCell(l, ops, fusions) for l in plan_)
         self.head = Head(C_last, num_classes)
+        self.state = link_state(self)
 
     def set_active(self, arch: DartsArch) -> None:
         for cell in self.cells:
             cell.set_active(arch.reduce if cell.reduction else arch.normal)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.state.clear()
         s0 = s1 = self.stem(x)
         for cell in self.cells:
+            if cell.reduction:
+                self.state.clear()
             s0, s1 = s1, cell(s0, s1)
         return self.head(s1)
 
@@ -415,8 +443,10 @@ class DartsSpace(SearchSpace):
         for layer in layers:
             candidates += _pre_parts(layer)
             for name in self.ops:
-                if layer.reduction:
-                    candidates.append(op_part(name, layer.C, layer.C, 2, layer.hw))
-                candidates.append(op_part(name, layer.C, layer.C, 1, layer.hw_out))
+                for prev in ({False, True} if stateful_key(OPS.meta(name)) else {False}):
+                    chain = {stateful_key(OPS.meta(name))} if prev else set()
+                    if layer.reduction:
+                        candidates.append(op_part(name, layer.C, layer.C, 2, layer.hw, set(chain)))
+                    candidates.append(op_part(name, layer.C, layer.C, 1, layer.hw_out, set(chain)))
             candidates += [fusion_part(f, layer.C, layer.hw_out) for f in self.fusions]
         yield from (p for p in candidates if new(p))

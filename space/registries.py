@@ -13,4 +13,6 @@ ATTENTIONS = Registry("attention", "(C: int, **kw) -> nn.Module; forward(x) -> s
 TOKEN_MIXERS = Registry("token mixer", "(dim: int, **kw) -> nn.Module; forward(x: B,C,H,W) -> same shape")
 CHANNEL_MIXERS = Registry("channel mixer", "(dim: int, mlp_ratio: float, **kw) -> nn.Module; "
                           "forward(x: B,C,H,W) -> same shape")
+DW_CONVS = Registry("depthwise conv", "(C: int, kernel_size: int, stride: int, **kw) -> nn.Module; "
+                    "a depthwise (groups=C) conv variant: forward(x: B,C,H,W) -> B,C,H/s,W/s")
 SPACES = Registry("search space", "class with choices/decode/build/parts/supernet")

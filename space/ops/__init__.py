@@ -6,13 +6,13 @@ Importing this package imports every module file in it, so a new file's ops are 
 import importlib
 import pkgutil
 
-from ..registries import ATTENTIONS, CHANNEL_MIXERS, FUSIONS, OPS, TOKEN_MIXERS
-from .base import aux_loss, deploy, set_progress
+from ..registries import ATTENTIONS, CHANNEL_MIXERS, DW_CONVS, FUSIONS, OPS, TOKEN_MIXERS
+from .base import NetworkState, aux_loss, deploy, link_state, set_progress
 
 _HELPERS = {"base", "common"}
 for _m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
     if _m.name not in _HELPERS and not _m.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_m.name}")
 
-__all__ = ["OPS", "FUSIONS", "ATTENTIONS", "TOKEN_MIXERS", "CHANNEL_MIXERS",
-           "deploy", "aux_loss", "set_progress"]
+__all__ = ["OPS", "FUSIONS", "ATTENTIONS", "TOKEN_MIXERS", "CHANNEL_MIXERS", "DW_CONVS",
+           "deploy", "aux_loss", "set_progress", "link_state", "NetworkState"]

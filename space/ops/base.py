@@ -4,12 +4,17 @@
   returning an equivalent inference module; ``deploy(model)`` swaps every such op in place.
 * auxiliary losses: an op with a side loss (DGC's lasso) stores it in ``self.aux_loss`` during
   a training forward; ``aux_loss(model)`` sums those of the ops that ran and clears them.
+* network state: an op that threads a value along the network (DCANet's attention state)
+  defines ``network_state_key`` (a class attribute naming the state), ``use_network_state(state)``
+  and ``example_state(x)`` (a zero state of the right shape for input x, used to cost it in
+  isolation).  ``link_state(net)`` gives all such ops one shared ``NetworkState``; the network
+  clears it at each forward and at each stage start, so a chain runs along one stage.
 * training progress: ops with schedules (DGC's pruning ramp) define ``set_progress(p)``, p in
   [0, 1]; ``set_progress(model, p)`` reaches all of them.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -43,3 +48,42 @@ def set_progress(model: nn.Module, progress: float) -> None:
         fn = getattr(m, "set_progress", None)
         if callable(fn):
             fn(p)
+
+
+class NetworkState(dict):
+    """Values ops thread along one forward of a network, by state name (e.g. ``"dca"``)."""
+
+
+def link_state(model: nn.Module) -> NetworkState:
+    """Share one NetworkState among every op of ``model`` that uses one; returns it."""
+    state = NetworkState()
+    for m in model.modules():
+        fn = getattr(m, "use_network_state", None)
+        if callable(fn):
+            fn(state)
+    return state
+
+
+class WithState(nn.Module):
+    """An op costed in isolation as it runs inside a chain: with (or without) a previous state."""
+
+    def __init__(self, op: nn.Module, prefill: bool):
+        super().__init__()
+        self.op = op
+        self.prefill = prefill
+        self.state = link_state(op)
+        self._users = [m for m in op.modules() if callable(getattr(m, "example_state", None))]
+
+    def forward(self, *xs):
+        self.state.clear()
+        if self.prefill:
+            for m in self._users[:1]:
+                self.state[m.network_state_key] = m.example_state(xs[0])
+        return self.op(*xs)
+
+
+def stateful_key(module_or_meta) -> Optional[str]:
+    """The network-state name an op uses (from its registry meta ``state=``), or None."""
+    if isinstance(module_or_meta, dict):
+        return module_or_meta.get("state")
+    return getattr(module_or_meta, "network_state_key", None)

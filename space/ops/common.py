@@ -7,9 +7,13 @@ DARTS network and is counted like any other op.
 """
 from __future__ import annotations
 
+from typing import Callable, Iterable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..registries import ATTENTIONS, DW_CONVS, OPS
 
 
 class ReLUConvBN(nn.Sequential):
@@ -81,3 +85,38 @@ def check_stride(stride: int) -> int:
     if stride not in (1, 2):
         raise ValueError(f"stride must be 1 or 2, got {stride}")
     return stride
+
+
+class ConvAttention(nn.Sequential):
+    """ReLU -> k x k conv (stride, C_in -> C_out) -> BN -> attention plug-in: an attention
+    module as a candidate op, as DARTS' ReLUConvBN units (``cga`` is k=1, ``cga_3x3`` k=3)."""
+
+    def __init__(self, C_in: int, C_out: int, stride: int, kernel_size: int, attention: nn.Module):
+        super().__init__(ReLUConvBN(C_in, C_out, kernel_size, check_stride(stride), kernel_size // 2),
+                         attention)
+
+
+def register_attention(name: str, ctor: Callable[..., nn.Module], *, tags: Iterable[str] = (),
+                       op: bool = True, **meta) -> Callable[..., nn.Module]:
+    """Register an attention plug-in in ATTENTIONS and, unless ``op=False``, as the candidate
+    ops ``name`` (after a 1x1 ReLUConvBN) and ``name_3x3`` (after a 3x3 one)."""
+    tags = set(tags)
+    ATTENTIONS.register(name, ctor, tags=tags, **meta)
+    if op:
+        for k, op_name in ((1, name), (3, f"{name}_3x3")):
+            def make(C_in: int, C_out: int, stride: int, _k=k, **kw) -> nn.Module:
+                return ConvAttention(C_in, C_out, stride, _k, ctor(C_out, **kw))
+            make.__doc__ = f"{k}x{k} ReLUConvBN then the {name} attention plug-in."
+            OPS.register(op_name, make, tags=tags | {"attention"}, **meta)
+    return ctor
+
+
+class DWConv(nn.Sequential):
+    """The plain depthwise conv of MobileNet blocks (no BN/activation: blocks add their own)."""
+
+    def __init__(self, C: int, kernel_size: int, stride: int, **kw):
+        super().__init__(nn.Conv2d(C, C, kernel_size, check_stride(stride), kernel_size // 2,
+                                   groups=C, bias=False))
+
+
+DW_CONVS.register("plain", DWConv)
