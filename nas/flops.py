@@ -163,7 +163,7 @@ def count(model: nn.Module, input_shapes: Iterable[Sequence[int]]) -> int:
 
 
 class PartCounter:
-    """Fast count of a network as the sum of cached per-part counts.
+    """Fast count of a network as the sum of cached per-part counts (FLOPs, and parameters).
 
     A space describes a network as ``Part``s (op instances with their input shapes) whose
     forward composition is the whole network with only free glue (cat, views) between them;
@@ -172,19 +172,26 @@ class PartCounter:
     """
 
     def __init__(self) -> None:
-        self.cache: Dict[str, int] = {}
+        self.cache: Dict[str, Tuple[int, int]] = {}  # part key -> (flops, params)
         self.traced = 0  # parts traced, for the benchmark's hit-rate line
 
-    def part(self, p) -> int:
-        n = self.cache.get(p.key)
-        if n is None:
-            n = count(p.make(), p.inputs)
-            self.cache[p.key] = n
+    def _entry(self, p) -> Tuple[int, int]:
+        e = self.cache.get(p.key)
+        if e is None:
+            m = p.make()
+            e = (count(m, p.inputs), params(m))
+            self.cache[p.key] = e
             self.traced += 1
-        return n
+        return e
+
+    def part(self, p) -> int:
+        return self._entry(p)[0]
 
     def total(self, parts: Iterable) -> int:
-        return sum(self.part(p) for p in parts)
+        return sum(self._entry(p)[0] for p in parts)
+
+    def params(self, parts: Iterable) -> int:
+        return sum(self._entry(p)[1] for p in parts)
 
     def by_kind(self, parts: Iterable) -> Dict[str, int]:
         out: Dict[str, int] = {}

@@ -365,6 +365,7 @@ def _pairs(node: int) -> List[str]:
 class DartsSpace(SearchSpace):
     name = "darts"
     arch_cls = DartsArch
+    target_from_data = True  # CIFAR-style: deployed at the data's resolution and class count
     presets = {"darts_v1": DARTS_V1, "darts_v2": DARTS_V2}
     build = staticmethod(build)
     parts = staticmethod(parts)
