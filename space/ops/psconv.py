@@ -25,9 +25,10 @@ Departures from the official code:
 * The mask is a bool buffer (True = weight used) multiplied into the dense weight in every
   forward, instead of a gradient hook plus a ``.byte().cuda()`` mask (CUDA-only).  Masked
   weights are still zeroed at init, and get zero gradient through the multiply.  This also
-  removes an official pitfall: PS-ResNet's ``init_weights`` re-runs kaiming init on every
-  ``nn.Conv2d`` after construction, which makes the masked weights non-zero while the hook then
-  freezes them, so they leak into the output; a multiplicative mask cannot leak.
+  closes a gap of the official form: the mmdet backbone's ``init_weights(pretrained=None)``
+  re-runs kaiming init on every ``nn.Conv2d``, the masked dense conv included; the hook then
+  keeps those now non-zero weights frozen and they act in the output (not an issue on the
+  usual path, which loads an ImageNet checkpoint).  A multiplicative mask cannot leak.
 * FLOPs: the multiply costs C_out*C_in*k*k (batch-independent) per forward in fvcore's count.
   ``deploy()`` returns ``PSConv2dDeployed``, the same three convs with the mask folded into the
   stored weights and no multiply, so a deployed network counts exactly the (1 + 2/P)x convs.

@@ -28,21 +28,21 @@ stage strides inside the PyConv and already uses that stage's setting (stage 1 r
 writes 56 with 4 levels).  Thresholds: H' >= 32 -> 4, >= 16 -> 3, >= 8 -> 2, else 1.  This
 gives exactly PyConvResNet's 56/28/14/7 -> 4/3/2/1 at 224, and 32/16/8/4 -> 4/3/2/1 on CIFAR
 maps (a DARTS CIFAR net's cells see 32, 16, 8): each halving of the map drops the largest
-kernel, and the 9x9 level is only used where the map is at least ~3.5x the kernel, as at 56.
+kernel, and the 9x9 level only runs on maps >= 32 (>= 3.5x the kernel; 6x at 56).
 (Scaling the thresholds with the input instead would put 9x9 kernels on 8x8 CIFAR maps.)
 
 Departures from the official code:
 * Padding is ``dilation * (k // 2)``; the official ``k // 2`` is only right for dilation 1.
 * Groups that do not divide the channels are adapted: level i uses ``gcd(g_i, C_in, out_i)``
-  (the official code asserts instead; PyConvResNet's stage-1 setting needs C % 64 == 0).
+  (the official code leaves it to nn.Conv2d, which raises; PyConvResNet's stage-1 setting
+  needs C % 64 == 0).
   For power-of-two g_i this is the largest power of two <= g_i dividing both; e.g. C=16 at 4
   levels uses groups 1, 4, 4, 4.  ``PyConv2d.groups`` records the groups used.
 * Output splits that do not divide: the last level takes the remainder (the official code
   would silently drop channels for C_out not divisible by 4).
-* No depthwise (DW_CONVS) form: a PyConv level reads ALL input channels with a grouped conv;
-  with groups = C every level would become a depthwise conv of the whole input producing only
-  out_i of C channels, which is not a channel-preserving depthwise op.  The depthwise
-  multi-kernel idea is MixConv (split inputs per kernel), a different module.
+* No depthwise (DW_CONVS) form: every PyConv level reads ALL input channels and writes only
+  its share out_i < C of the output, so no level can be depthwise (groups = C would need C to
+  divide out_i).  Splitting the input among kernels instead is MixConv, a different module.
 """
 from __future__ import annotations
 
