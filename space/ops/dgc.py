@@ -51,7 +51,8 @@ Cost: fvcore counts what runs: the dense grouped conv (``C_out*C_in*k*k`` per ou
 pruned channels multiplied by zero), the gate FCs, BN, GAP, the gating multiply
 (``heads*C_in*H*W``) and, while pruning is active, topk/max per ``nas/flops.py``.  A
 gather-based implementation would skip the pruned channels: ``gated_macs`` gives that
-effective count (dense minus ``inactive*(C_out*k*k*Ho*Wo + heads*H*W)`` per DGC conv).
+effective count (dense minus ``inactive*(C_out*k*k*Ho*Wo + heads*H*W)`` per DGC conv; gates
+that tie with the k-th smallest and are dropped beyond ``inactive`` are not subtracted).
 """
 from __future__ import annotations
 

@@ -22,7 +22,9 @@ Departures from the official code, and why:
   ``WeightNetDW`` keep the official two-input form for networks that share it (the tests build
   ShuffleNetV2 + WeightNet that way).
 * The official B == 1 branch (plain conv with the reshaped kernel) is the groups=B path at
-  B = 1, so one path serves both; both are tested against a per-sample loop.
+  B = 1, so one path serves both; both are tested against a per-sample loop.  A
+  ``torch.jit.trace`` records groups=B as a constant, so a traced op only runs at the traced
+  batch size (the batch-as-groups trick itself; eager mode takes any batch).
 * The official network initialiser (normal(0, 1/weight.shape[1]) in MegEngine's layout, where a
   grouped weight is (groups, out/groups, in/groups, k, k); biases 0) is applied by each module:
   fc1 N(0, 1/gap), fc2 N(0, G/(inp*k*k)), DW fc2 N(0, 1/(k*k)), reduce N(0, 1/C).
