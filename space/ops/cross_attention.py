@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from typing import Optional
 
 import numpy as np
@@ -73,9 +74,11 @@ def _sine_table(h: int, w: int, channels: int, temperature: float) -> np.ndarray
 
 def sine_position(x: torch.Tensor, temperature: float = 10000.0) -> torch.Tensor:
     """(1, C, H, W) sine encoding for a map shaped like ``x`` (a constant under tracing)."""
-    _, c, h, w = x.shape
-    table = _sine_table(int(h), int(w), int(c), float(temperature))
-    return torch.from_numpy(table).to(device=x.device, dtype=x.dtype)
+    with warnings.catch_warnings():  # under tracing the table is a constant of this size,
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # as intended: no warning
+        _, c, h, w = x.shape
+        table = _sine_table(int(h), int(w), int(c), float(temperature))
+        return torch.from_numpy(table).to(device=x.device, dtype=x.dtype)
 
 
 def default_heads(C: int, max_heads: int = 8, min_head_dim: int = 8) -> int:
