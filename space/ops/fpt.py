@@ -54,6 +54,9 @@ Departures from the official code, and why:
   kaiming_uniform(a=1) with zero bias (this overrides ST's own normal init, as officially);
   W_z's BN stays zero.
 * Widths: GT's inner width C/2 and MoS chunks C/n_mix need C divisible by 2 and n_mix.
+* Kept as official: RT's channel weights pass a (B, C, 1, 1) map through BatchNorm, so training
+  needs batch > 1 (BN refuses one value per channel); MoS divides by sqrt(d_k), not by the
+  chunk width sqrt(d_k / n_mix).
 """
 from __future__ import annotations
 
