@@ -22,7 +22,8 @@ As a candidate, ``OPS["pyconv_3x3"]`` is ReLU -> PyConv (stride on every level, 
 The number of levels is, in order of precedence: ``levels=`` (1..4); else chosen from
 ``resolution=`` (the op's input H) by ``levels_for_resolution``; else ``DEFAULT_LEVELS`` (4,
 the full pyramid of the paper's Fig. 1).  Spaces know an edge's resolution; the registry
-signature does not carry it, so pass ``resolution=H`` to get PyConvResNet's rule.
+signature does not carry it, so the registry meta ``resolution=True`` asks spaces to pass
+``resolution=H`` (the edge's input height), which gives PyConvResNet's rule.
 The rule keys on the OUTPUT resolution ceil(H/stride), because PyConvResNet's first block of a
 stage strides inside the PyConv and already uses that stage's setting (stage 1 reads 112 and
 writes 56 with 4 levels).  Thresholds: H' >= 32 -> 4, >= 16 -> 3, >= 8 -> 2, else 1.  This
@@ -106,7 +107,7 @@ def pyconv(C_in: int, C_out: int, levels: int, stride: int = 1, dilation: int = 
     return PyConv2d(C_in, split_channels(C_out, shares), kernels, groups, stride, dilation)
 
 
-@OPS.register("pyconv_3x3", tags={"conv", "multi_kernel"})
+@OPS.register("pyconv_3x3", tags={"conv", "multi_kernel"}, resolution=True)
 def pyconv_3x3(C_in: int, C_out: int, stride: int, levels: Optional[int] = None,
                resolution: Optional[int] = None, **kw) -> nn.Module:
     """ReLU -> PyConv (levels from ``levels``, else ``resolution``, else 4) -> BN."""
