@@ -23,6 +23,10 @@ where the block's identity path lives).  A residual block merges its shortcut wi
 ``FUSIONS[fusion](cout)(block_output, shortcut)`` (``sum`` = the plain add); blocks without a
 residual ignore the fusion choice.
 
+Layers the space builds (stem, 1x1 convs, plain depthwise convs, BN, classifiers) are
+initialised as torchvision's MobileNetV2 and MXNet (same rule); registered plug-ins (attention,
+fusion, non-plain conv variants) keep their own initialisation.
+
 Stateful attention (registry meta ``state=``, e.g. DCANet's ``dca_se``) chains along a stage:
 the state is cleared at every forward and every stage start; inside a stage an attention
 continues the chain of the previous attention of the same state name only when both run at
@@ -71,7 +75,7 @@ from .choice import Choice
 from .ops import deploy as deploy_ops
 from .ops.base import WithState, link_state, stateful_key
 from .ops.genet import HEADS, conv1x1_bn_act
-from .ops.sandglass import SandglassConv, dw_bn, make_divisible, sandglass_form, sandglass_hidden
+from .ops.sandglass import SandglassConv, dw_bn, make_divisible, mobile_init, sandglass_form, sandglass_hidden
 from .registries import ATTENTIONS, DW_CONVS, FUSIONS, SPACES
 
 BLOCK_TYPES = ("ir", "sg")
@@ -161,8 +165,8 @@ MOBILENEXT = MobileArch(  # mnext(width_mult=1.0)
 
 @dataclass(frozen=True)
 class Base:
-    """What a base network fixes: stem, first stage, (width, depth, stride) of the searched
-    stages, the block type of its preset and the head width."""
+    """A published network whose stem, first stage, stage strides and head width the space
+    keeps; ``stages`` gives (width, depth, stride) of the stages it searches."""
 
     preset: MobileArch
 
@@ -245,7 +249,9 @@ def plan(arch: MobileArch) -> Plan:
 # -- modules -------------------------------------------------------------------------------
 
 def make_stem(c_in: int, c_out: int, stride: int = STEM_STRIDE) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU6())
+    m = nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU6())
+    mobile_init(m)
+    return m
 
 
 def ir_pre(cin: int, hidden: int, kernel: int, stride: int, conv: str, expand: bool) -> nn.Sequential:
@@ -256,7 +262,9 @@ def ir_pre(cin: int, hidden: int, kernel: int, stride: int, conv: str, expand: b
 
 
 def ir_post(hidden: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout))
+    m = nn.Sequential(nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout))
+    mobile_init(m)
+    return m
 
 
 def _pre(p: BlockPlan) -> nn.Module:
@@ -455,7 +463,7 @@ class SuperBlock(nn.Module):
             self.ir_project = ir_post(ir_hidden, cout)
         if "sg" in opts.types:
             self.sg_dw1 = Choice({f"k{k}_{c}": dw_bn(cin, k, 1, c, act=True) for k, c in dws})
-            self.sg_reduce = nn.Sequential(nn.Conv2d(cin, sg_hidden, 1, bias=False), nn.BatchNorm2d(sg_hidden))
+            self.sg_reduce = ir_post(cin, sg_hidden)  # the same linear 1x1 conv -> BN
             self.sg_expand = conv1x1_bn_act(sg_hidden, cout)
             self.sg_dw2 = Choice({f"k{k}_{c}": dw_bn(cout, k, stride, c) for k, c in dws})
             self.sg_att = atts(cout)
@@ -745,6 +753,8 @@ class MobileSpace(SearchSpace):
         return self._canonical(arch)
 
     def encode(self, arch: MobileArch) -> Dict[str, Any]:
+        """Params with ``decode(encode(arch)) == arch`` for archs of this base whose values are
+        among the choices and canonical (as ``decode`` returns them; the presets are)."""
         base = BASES[self.base]
         fixed = replace(base.preset, stages=(), head="plain", head_groups=1, input_size=self.input_size,
                         num_classes=self.num_classes)
@@ -791,9 +801,10 @@ class MobileSpace(SearchSpace):
                     yield p
 
         yield from new([_stem_part(self.input_size[0], proto.stem, self.input_size[1:])])
-        pl = plan(proto)
-        yield from new(block_parts(pl.blocks[0]))  # the fixed first stage
-        cins, hw = [proto.stages[0].width], pl.blocks[0].hw_out
+        fixed = [p for p in plan(proto).blocks if p.stage == 0]
+        for p in fixed:
+            yield from new(block_parts(p))
+        cins, hw = [proto.stages[0].width], fixed[-1].hw_out
         stateful = [a for a in self.attentions if a != "none" and stateful_key(ATTENTIONS.meta(a))]
         for j, (c, _, s) in enumerate(base.stages, 1):
             couts = [self.width(c, m) for m in self.width_mults]

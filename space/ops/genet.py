@@ -37,6 +37,8 @@ Choices made where the paper could not be read (all [U]):
     weighting is not verified.  ``group_losses`` returns the per-member losses a caller
     needs to weight them.
 
+Layers are initialised as MobileNetV2's (``mobile_init``); the classifiers as its linear layer.
+
 ``HEADS`` is the small registry of classification heads the mobile space offers (a macro
 option, not an edge op): ``plain`` (MobileNetV2/MobileNeXt's head) and ``genet``.
 """
@@ -50,14 +52,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import Registry
+from .sandglass import mobile_init
 
 HEADS = Registry("head", "(C_in: int, num_classes: int, mid_channels: int = 0, **kw) -> nn.Module; "
                  "forward(x: B,C,H,W) -> B,num_classes logits")
 
 
 def conv1x1_bn_act(C_in: int, C_out: int, groups: int = 1) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(C_in, C_out, 1, groups=groups, bias=False), nn.BatchNorm2d(C_out),
-                         nn.ReLU6())
+    m = nn.Sequential(nn.Conv2d(C_in, C_out, 1, groups=groups, bias=False), nn.BatchNorm2d(C_out), nn.ReLU6())
+    mobile_init(m)
+    return m
 
 
 class ClassifierHead(nn.Module):
@@ -70,6 +74,7 @@ class ClassifierHead(nn.Module):
         self.conv = conv1x1_bn_act(C_in, mid_channels) if mid_channels else nn.Identity()
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(mid_channels or C_in, num_classes)
+        mobile_init(self.classifier)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.flatten(F.adaptive_avg_pool2d(self.conv(x), 1), 1)
@@ -90,6 +95,8 @@ class GENetHead(nn.Module):
         self.late = nn.Sequential(*(conv1x1_bn_act(C, C, groups) for _ in range(depth)))
         self.dropout = nn.Dropout(dropout)
         self.classifiers = nn.Conv2d(C, groups * num_classes, 1, groups=groups)
+        nn.init.normal_(self.classifiers.weight, 0, 0.01)  # linear classifiers, initialised as such
+        nn.init.zeros_(self.classifiers.bias)
         self.group_logits: Optional[torch.Tensor] = None  # (B, G, K) of the last forward
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -27,14 +27,19 @@ Departures from the official code:
     added), so a stride-2 request is honoured instead of silently ignored;
   * the shortcut is added out of place (``cat`` of the summed and untouched channels) instead
     of the official in-place slice assignment: same values, autograd- and trace-safe;
-  * ReLU6 is not in-place (same values; attention plug-ins may read the tensor).
+  * ReLU6 is not in-place (same values; attention plug-ins may read the tensor);
+  * ``mobile_init`` (MXNet's ``_initialize_weights``, identical to torchvision MobileNetV2's)
+    is applied to the layers the block builds, but not inside a non-plain conv variant, which
+    keeps its own (e.g. DO-Conv's zero-initialised D).
 
 DARTS edge ops ``sandglass_3x3`` / ``sandglass_5x5``: the paper adds the block to the DARTS
 search space but publishes no code for it, and the exact operator is unverified.  We use the
 full form C_in -> C_out with the stride on the *last* dw conv (as the block strides) and the
 identity shortcut when C_in == C_out and stride 1.  Reduction ratio t = 2: DARTS cells run at
 16-64 channels, where MobileNeXt's own block at that width (its first, 32 -> 96) uses t = 2;
-t = 6 would leave 2-6 bottleneck channels (the oup/6 floor applies either way).  No leading
+t = 6 would leave 2-6 bottleneck channels (the oup/6 floor applies either way).  Consistent
+with the paper's "25% parameter reduction" [P]: DARTS-V2 (C=36, 20 cells, 3.349M) with its
+sep_conv_3x3 edges swapped for sandglass_3x3 has 2.556M params at t=2 (-24%; t=4: -36%).  No leading
 ReLU as in DARTS' ReLU-Conv-BN ops: the block starts on linear features by design.
 """
 from __future__ import annotations
@@ -80,12 +85,28 @@ def sandglass_form(inp: int, oup: int, stride: int, t: int, keep_3x3: bool = Fal
     return "full", (not keep_3x3 and stride == 1)
 
 
+def mobile_init(*modules: nn.Module) -> None:
+    """MXNet's / torchvision MobileNetV2's init: conv weights N(0, sqrt(2 / (k*k*out))) (kaiming,
+    fan_out), BN weight 1 and bias 0, linear weights N(0, 0.01), biases 0."""
+    for root in modules:
+        for m in root.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+
+
 def dw_bn(C: int, kernel_size: int, stride: int, dw_conv: str = "plain", act: bool = False) -> nn.Sequential:
     """A depthwise conv variant, BN, and ReLU6 if ``act``."""
-    layers = [DW_CONVS[dw_conv](C, kernel_size, stride), nn.BatchNorm2d(C)]
-    if act:
-        layers.append(nn.ReLU6())
-    return nn.Sequential(*layers)
+    conv, bn = DW_CONVS[dw_conv](C, kernel_size, stride), nn.BatchNorm2d(C)
+    mobile_init(bn, *([conv] if dw_conv == "plain" else []))  # variants keep their own init
+    return nn.Sequential(conv, bn, *([nn.ReLU6()] if act else []))
 
 
 class SandglassConv(nn.Sequential):
@@ -101,8 +122,10 @@ class SandglassConv(nn.Sequential):
         layers = []
         if form == "full":
             layers.append(dw_bn(inp, kernel_size, 1, dw_conv, act=True))
-        layers += [nn.Conv2d(inp, hidden, 1, bias=False), nn.BatchNorm2d(hidden),  # linear bottleneck
-                   nn.Conv2d(hidden, oup, 1, bias=False), nn.BatchNorm2d(oup), nn.ReLU6()]
+        pw = [nn.Conv2d(inp, hidden, 1, bias=False), nn.BatchNorm2d(hidden),  # linear bottleneck
+              nn.Conv2d(hidden, oup, 1, bias=False), nn.BatchNorm2d(oup), nn.ReLU6()]
+        mobile_init(*pw)
+        layers += pw
         if form != "pw":
             layers.append(dw_bn(oup, kernel_size, stride, dw_conv, act=False))
         super().__init__(*layers)

@@ -80,6 +80,15 @@ def test_identity_div_adds_the_shortcut_to_the_leading_channels_only():
     torch.testing.assert_close(out[:, 16:], branch[:, 16:])
 
 
+def test_layers_get_the_official_initialisation():
+    blk = SGBlock(192, 192, 1, 6)
+    convs = [m for m in blk.modules() if isinstance(m, nn.Conv2d)]
+    for c in convs:  # mnext.py: N(0, sqrt(2 / (k * k * out_channels)))
+        std = (2.0 / (c.kernel_size[0] * c.kernel_size[1] * c.out_channels)) ** 0.5
+        assert c.weight.std().item() == pytest.approx(std, rel=0.15)
+        assert abs(c.weight.mean().item()) < 0.2 * std
+
+
 def test_kernel_and_conv_variant_reach_both_depthwise_convs():
     blk = SGBlock(64, 64, 1, 4, kernel_size=5, dw_conv="plain")
     dws = [m for m in blk.modules() if isinstance(m, DWConv)]
