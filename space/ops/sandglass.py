@@ -39,8 +39,8 @@ identity shortcut when C_in == C_out and stride 1.  Reduction ratio t = 2: DARTS
 16-64 channels, where MobileNeXt's own block at that width (its first, 32 -> 96) uses t = 2;
 t = 6 would leave 2-6 bottleneck channels (the oup/6 floor applies either way).  Consistent
 with the paper's "25% parameter reduction" [P]: DARTS-V2 (C=36, 20 cells, 3.349M) with its
-sep_conv_3x3 edges swapped for sandglass_3x3 has 2.556M params at t=2 (-24%; t=4: -36%).  No leading
-ReLU as in DARTS' ReLU-Conv-BN ops: the block starts on linear features by design.
+sep_conv_3x3 edges swapped for sandglass_3x3 has 2.556M params at t=2 (-24%; t=4: -36%).
+No leading ReLU as in DARTS' ReLU-Conv-BN ops: the block starts on linear features by design.
 """
 from __future__ import annotations
 
