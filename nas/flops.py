@@ -15,7 +15,7 @@ mul, div (tensor or scalar operand)           1 per output element: the multiply
                                               MAC, and the whole cost of attention gates
 softmax, log_softmax                          1 per element (normalisation, as norm layers)
 mean, sum, amax, max/min over a dim,          1 per input element read (as fvcore counts
-var, std, norm (F.normalize), topk            adaptive_avg_pool2d)
+var, std, norm (F.normalize), topk, logsumexp adaptive_avg_pool2d)
 max_pool2d, avg_pool2d                        k*k per output element
 adaptive_max_pool2d                           1 per input element
 add, sub, activations (relu, gelu, sigmoid,   0: additions and nonlinearities are not
@@ -104,7 +104,7 @@ HANDLES: Dict[str, Optional[Callable]] = {
     **{f"aten::{op}": _in_elems for op in ("mean", "sum", "amax", "amin", "max", "min", "var",
                                            "std", "var_mean", "std_mean", "linalg_vector_norm",
                                            "norm", "frobenius_norm", "topk", "adaptive_max_pool2d",
-                                           "adaptive_max_pool1d", "adaptive_avg_pool1d")},
+                                           "adaptive_max_pool1d", "adaptive_avg_pool1d", "logsumexp")},
     "aten::max_pool2d": _pool_window,
     "aten::avg_pool2d": _pool_window,
     "aten::max_pool1d": _pool_window,
