@@ -74,6 +74,7 @@ from .base import Part, SearchSpace, part_key
 from .choice import Choice
 from .ops import deploy as deploy_ops
 from .ops.base import WithState, link_state, stateful_key
+from .ops.common import dw_kernel
 from .ops.genet import HEADS, conv1x1_bn_act
 from .ops.sandglass import SandglassConv, dw_bn, make_divisible, mobile_init, sandglass_form, sandglass_hidden
 from .registries import ATTENTIONS, DW_CONVS, FUSIONS, SPACES
@@ -450,7 +451,7 @@ class SuperBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int, opts: SlotOptions, ir_hidden: int, sg_hidden: int):
         super().__init__()
         self.cin, self.cout, self.ir_hidden, self.sg_hidden = cin, cout, ir_hidden, sg_hidden
-        dws = [(k, c) for k in opts.kernels for c in opts.convs]
+        dws = list(dict.fromkeys((dw_kernel(c, k), c) for k in opts.kernels for c in opts.convs))
 
         def atts(C: int) -> Choice:
             return Choice.of(opts.attentions, lambda n: nn.Identity() if n == "none" else ATTENTIONS[n](C))
@@ -732,6 +733,8 @@ class MobileSpace(SearchSpace):
                 b = replace(b, fusion=self.fusions[0])
             if p.form == "pw":
                 b = replace(b, kernel=self.kernels[0], conv=self.convs[0])
+            elif dw_kernel(b.conv, b.kernel) != b.kernel:  # e.g. deconv exists at 3x3 only
+                b = replace(b, kernel=dw_kernel(b.conv, b.kernel))
             stages[p.stage][p.index] = b
         return replace(arch, stages=tuple(replace(st, blocks=tuple(bs)) for st, bs in zip(arch.stages, stages)))
 
@@ -819,7 +822,7 @@ class MobileSpace(SearchSpace):
                         return block_plan(j, i, b, ci, co, s if i == 0 else 1, hw if i == 0 else hw_out, keep)
 
                     for k, conv in itertools.product(self.kernels, self.convs):  # conv parts
-                        yield from new(block_parts(at(k=k, conv=conv)))
+                        yield from new(block_parts(at(k=dw_kernel(conv, k), conv=conv)))
                     if at().residual:  # fusion parts
                         for f in self.fusions:
                             yield from new(q for q in block_parts(at(fusion=f)) if q.kind.startswith("fusion:"))

@@ -119,7 +119,7 @@ def deconv_3x3(C_in: int, C_out: int, stride: int, **kw) -> nn.Module:
                          nn.BatchNorm2d(C_out))
 
 
-@DW_CONVS.register("deconv", tags={"reparam"})
+@DW_CONVS.register("deconv", tags={"reparam"}, kernels=(3,))
 def deconv_dw(C: int, kernel_size: int, stride: int, **kw) -> nn.Module:
     """Depthwise DEConv (groups=C); 3x3 only."""
     if kernel_size != 3:

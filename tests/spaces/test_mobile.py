@@ -282,3 +282,19 @@ def test_supernet_forward_backward_for_random_archs(fakes, base):
         assert net.stem[0].weight.grad.abs().sum() > 0
         assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
     assert set(seen) == {(4, 4)}
+
+
+def test_every_registered_conv_variant_builds_at_every_kernel():
+    """Real variants, including fixed-kernel ones (deconv is 3x3 only): decode maps the kernel."""
+    sp = MobileSpace(base="mobilenetv2", convs=DW_CONVS.names(), attentions=["none"], fusions=["sum"], **SMALL)
+    counter, rng = flops.PartCounter(), random.Random(5)
+    keys = {p.key for p in sp.all_parts()}
+    for _ in range(3):
+        arch = sp.sample(rng)
+        ps = parts(arch)
+        assert {p.key for p in ps} <= keys
+        assert counter.total(ps) == flops.count(build(arch), [(1, *arch.input_size)])
+    net = sp.supernet(10, (3, 32, 32))
+    for _ in range(3):
+        net.set_active(sp.sample(rng))
+        assert net(torch.randn(2, 3, 32, 32)).shape == (2, 10)
