@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from tqdm.auto import tqdm
 
-from space.ops import aux_loss, set_progress
+from space.ops import aux_loss, set_progress, task_loss
 
 from .data import Batches
 
@@ -44,7 +44,7 @@ def train_supernet(net: nn.Module, sample_arch: Callable[[random.Random], object
                 net.set_active(sample_arch(rng))
                 set_progress(net, step / total)
                 out = net(x)
-                loss = F.cross_entropy(out, y)
+                loss = task_loss(net, out, y)
                 extra = aux_loss(net)
                 full = loss + extra if extra is not None else loss
                 opt.zero_grad(set_to_none=True)  # inactive paths keep grad None: SGD skips them
@@ -74,8 +74,8 @@ def recalibrate_bn(net: nn.Module, batches: Batches) -> None:
         m.reset_running_stats()
         m.momentum = None
     net.train()
-    for x, _ in batches:
-        net(x)
+    for x, y in batches:
+        task_loss(net, net(x), y)  # consumes per-forward state (GENet member logits)
     aux_loss(net)  # drop side losses left by training-mode forwards
     for m, mom in zip(bns, saved):
         m.momentum = mom

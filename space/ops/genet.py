@@ -117,6 +117,15 @@ class GENetHead(nn.Module):
         """Group Averaging: the members' losses, equally weighted."""
         return self.group_losses(target).mean()
 
+    def task_loss(self, target: torch.Tensor) -> Optional[torch.Tensor]:
+        """The training objective hook (``space.ops.task_loss``): consumes the last forward, so a
+        head that did not run in this step (an inactive supernet path) contributes nothing."""
+        if self.group_logits is None:
+            return None
+        loss = self.loss(target)
+        self.group_logits = None
+        return loss
+
 
 def genet_loss(model: nn.Module, target: torch.Tensor) -> Optional[torch.Tensor]:
     """Group Averaging loss of every GENet head in ``model`` after a forward (None if none)."""

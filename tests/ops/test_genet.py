@@ -108,3 +108,20 @@ def test_heads_registry_and_width_check():
     assert isinstance(HEADS["genet"](32, 10, 64, groups=4), GENetHead)
     with pytest.raises(ValueError, match="divisible"):
         GENetHead(32, 10, 30, groups=4)
+
+
+def test_task_loss_hook_uses_member_losses_once():
+    import torch.nn.functional as F
+
+    from space.ops import task_loss
+    from space.ops.genet import GENetHead
+
+    head = GENetHead(16, 5, groups=4)
+    x, y = torch.randn(3, 16, 4, 4), torch.randint(0, 5, (3,))
+    net = torch.nn.Sequential(head).eval()  # eval: no dropout, so two forwards agree
+    out = net(x)
+    expected = head.loss(y)
+    out = net(x)
+    assert torch.allclose(task_loss(net, out, y), expected)
+    # consumed: without a new forward the plain cross-entropy applies
+    assert torch.allclose(task_loss(net, out, y), F.cross_entropy(out, y))
