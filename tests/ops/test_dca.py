@@ -127,6 +127,7 @@ def test_chain_trains_and_gradients_flow_through_the_state():
     net(torch.randn(2, 8, 5, 5)).pow(2).mean().backward()
     second = net.atts[1]
     assert all(p.grad is not None for p in second.conv.parameters())
+    assert second.conv[0].weight.grad[0, 1].abs() > 0  # the tap on the previous state is trained
     first = net.atts[0]
     assert first.conv[0].weight.grad is None  # the chain's first op never fuses (as DCANet's first block)
     assert net.convs[0].weight.grad.abs().sum() > 0
