@@ -47,6 +47,7 @@ that the last stage keeps >= 4x4 (32x32 CIFAR: stem stride 1, stages at 32/16/8/
 """
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, replace
 from typing import Any, Callable, ClassVar, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -98,6 +99,7 @@ class MetaformerArch(ArchBase):
     head_norm: str = "none"
     dist_head: int = 0
     neck: str = "none"
+    neck_width: int = 256  # the neck's output width (FPT: 256), when there is a neck
     init: str = "van"
     input_size: Tuple[int, int, int] = (3, 224, 224)
     num_classes: int = 1000
@@ -114,6 +116,8 @@ class MetaformerArch(ArchBase):
                 raise ArchError(f"{name} must be one of {', '.join(allowed)}; got {value!r}")
         if self.stem_stride not in (1, 2, 4):
             raise ArchError(f"stem_stride must be 1, 2 or 4, got {self.stem_stride}")
+        if self.neck != "none" and (self.neck_width < 4 or self.neck_width % 4):
+            raise ArchError(f"neck_width must be a multiple of 4, got {self.neck_width}")
         if self.layer_scale < 0 or self.dist_head not in (0, 1) or self.num_classes < 1:
             raise ArchError("layer_scale >= 0, dist_head in {0, 1} and num_classes >= 1 are required")
         if len(self.input_size) != 3 or min(self.input_size) < 1:
@@ -241,8 +245,52 @@ class Head(nn.Module):
 
 # -- necks (multi-scale modules over the four stage outputs) -----------------------------------
 
+def neck_registry():
+    """``NECKS`` of ``space.ops.fpt`` (the macro work), or None where that file is absent."""
+    try:
+        from .ops.fpt import NECKS
+    except ImportError:
+        return None
+    return NECKS
+
+
 def available_necks() -> List[str]:
-    return ["none"]
+    """"none" and every registered neck that reads at most the four stage outputs."""
+    reg = neck_registry()
+    extra = [] if reg is None else [n for n in reg.names() if reg.meta(n).get("inputs", 4) <= 4]
+    return ["none"] + extra
+
+
+def neck_inputs(name: str) -> int:
+    return neck_registry().meta(name).get("inputs", 4)
+
+
+class NeckPart(nn.Module):
+    """A neck over the deepest stage outputs, given as separate tensors (finest first)."""
+
+    def __init__(self, name: str, channels: Sequence[int], width: int):
+        super().__init__()
+        self.neck = neck_registry()[name](list(channels), width)
+
+    def forward(self, *xs: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        return tuple(self.neck(list(xs)))
+
+
+class NeckHead(nn.Module):
+    """Classifier over a neck's maps: per map the head norm and global mean, concatenated,
+    then the linear classifier(s).  Our choice (FPT is a detection neck): every level, not
+    only the finest, reaches the classifier."""
+
+    def __init__(self, width: int, levels: int, num_classes: int, norm: str, dist: int):
+        super().__init__()
+        self.norms = nn.ModuleList(make_norm(norm, width) for _ in range(levels))
+        self.head = nn.Linear(width * levels, num_classes)
+        self.dist_head = nn.Linear(width * levels, num_classes) if dist else None
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([n(t).mean((2, 3)) for n, t in zip(self.norms, xs)], dim=1)
+        y = self.head(x)
+        return y if self.dist_head is None else (y + self.dist_head(x)) / 2
 
 
 # -- the plan: one description that the network, the parts and the supernet follow ------------
@@ -288,6 +336,7 @@ class Step:
     inputs: Tuple[Tuple[int, ...], ...]
     make: Callable[[], nn.Module]
     stage_end: bool = False  # its output is a stage output (read by the neck)
+    reads: int = 0  # > 0: reads the last ``reads`` stage outputs (a neck); -1: unpacks a tuple
 
     @property
     def key(self) -> str:
@@ -330,6 +379,21 @@ def stage_norm_step(dim: int, hw) -> Step:
     return Step("stage_norm", (("c", dim), ("hw", _hw(hw))), ((1, dim, *hw),), lambda: LayerNorm2d(dim))
 
 
+def neck_steps(arch: MetaformerArch, res) -> List[Step]:
+    """The neck over the deepest stage outputs, then the classifier over its maps."""
+    n = neck_inputs(arch.neck)
+    chans = [s.width for s in arch.stages][-n:]
+    shapes = tuple((1, c, *hw) for c, hw in zip(chans, res[-n:]))
+    wd = arch.neck_width
+    return [Step(f"neck:{arch.neck}", (("name", arch.neck), ("c", "-".join(map(str, chans))), ("width", wd),
+                                       ("hw", "-".join(_hw(hw) for hw in res[-n:]))), shapes,
+                 lambda: NeckPart(arch.neck, chans, wd), reads=n),
+            Step("neck_head", (("c", wd), ("levels", n), ("hw", "-".join(_hw(hw) for hw in res[-n:])),
+                               ("classes", arch.num_classes), ("norm", arch.head_norm), ("dist", arch.dist_head)),
+                 tuple((1, wd, *hw) for hw in res[-n:]),
+                 lambda: NeckHead(wd, n, arch.num_classes, arch.head_norm, arch.dist_head), reads=-1)]
+
+
 def head_step(dim: int, hw, classes: int, norm: str, dist: int) -> Step:
     return Step("head", (("c", dim), ("hw", _hw(hw)), ("classes", classes), ("norm", norm), ("dist", dist)),
                 ((1, dim, *hw),), lambda: Head(dim, classes, norm, dist))
@@ -359,6 +423,8 @@ def plan(arch: MetaformerArch) -> List[Step]:
         if arch.stage_norm == "ln":
             steps.append(stage_norm_step(s.width, res[i]))
         steps[-1] = replace(steps[-1], stage_end=True)
+    if arch.neck != "none":
+        return steps + neck_steps(arch, res)
     steps.append(head_step(arch.stages[-1].width, res[-1], arch.num_classes, arch.head_norm, arch.dist_head))
     return steps
 
@@ -394,11 +460,21 @@ class MetaformerNet(nn.Module):
         super().__init__()
         steps = plan(arch)
         self.layers = nn.ModuleList(s.make() for s in steps)
+        self.taps = [i for i, s in enumerate(steps) if s.stage_end]
+        self.reads = [s.reads for s in steps]
         init_weights(self, arch.init)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers:
-            x = layer(x)
+    def forward(self, x):
+        feats = []
+        for i, (layer, reads) in enumerate(zip(self.layers, self.reads)):
+            if reads > 0:
+                x = layer(*feats[-reads:])
+            elif reads < 0:
+                x = layer(*x)
+            else:
+                x = layer(x)
+            if i in self.taps:
+                feats.append(x)
         return x
 
 
@@ -486,10 +562,27 @@ class SuperPosition(nn.Module):
         return self.channel(self.token(x))
 
 
+class _PlainHead(Head):
+    def forward(self, feats: List[torch.Tensor]) -> torch.Tensor:
+        return super().forward(feats[-1])
+
+
+class _NeckHead(nn.Module):
+    def __init__(self, name: str, widths: Sequence[int], neck_width: int, num_classes: int, norm: str, dist: int):
+        super().__init__()
+        self.n = neck_inputs(name)
+        self.neck = NeckPart(name, list(widths)[-self.n:], neck_width)
+        self.head = NeckHead(neck_width, self.n, num_classes, norm, dist)
+
+    def forward(self, feats: List[torch.Tensor]) -> torch.Tensor:
+        return self.head(*self.neck(*feats[-self.n:]))
+
+
 class MetaformerSupernet(nn.Module):
     def __init__(self, style: Dict[str, Any], widths: Sequence[int], depths: Sequence[int],
                  token_mixers: Sequence[str], channel_mixers: Sequence[str], ratios: Sequence[float],
-                 num_classes: int, input_size: Sequence[int], conv_blocks: bool):
+                 num_classes: int, input_size: Sequence[int], conv_blocks: bool,
+                 necks: Sequence[str] = ("none",), neck_width: int = 32):
         super().__init__()
         c_in, h, w = input_size
         stride = adapted_stem_stride((h, w))
@@ -505,7 +598,9 @@ class MetaformerSupernet(nn.Module):
                 for _ in range(depths[i])))
         self.stage_norms = nn.ModuleList(LayerNorm2d(wd) if proto.stage_norm == "ln" else nn.Identity()
                                          for wd in widths)
-        self.head = Head(widths[-1], num_classes, proto.head_norm, proto.dist_head)
+        self.heads = Choice({n: _PlainHead(widths[-1], num_classes, proto.head_norm, proto.dist_head) if n == "none"
+                             else _NeckHead(n, widths, neck_width, num_classes, proto.head_norm, proto.dist_head)
+                             for n in necks})
         init_weights(self, proto.init)
 
     def set_active(self, arch: MetaformerArch) -> None:
@@ -515,16 +610,19 @@ class MetaformerSupernet(nn.Module):
                 raise ValueError(f"depth {s.depth} exceeds the supernet's {len(positions)} positions")
             for j, pos in enumerate(positions):
                 pos.set("skip" if j >= s.depth else "conv" if j < s.conv_blocks else "mixer", s)
+        self.heads.set(arch.neck)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
+        feats = []
         for i, (positions, norm) in enumerate(zip(self.stages, self.stage_norms)):
             if i:
                 x = self.downsamples[i - 1](x)
             for pos in positions:
                 x = pos(x)
             x = norm(x)
-        return self.head(x)
+            feats.append(x)
+        return self.heads(feats)
 
 
 # -- the space -------------------------------------------------------------------------------
@@ -532,6 +630,7 @@ class MetaformerSupernet(nn.Module):
 DEFAULT_DEPTHS = ((1, 2, 3), (1, 2, 3), (2, 4, 5, 6, 8), (1, 2, 3, 4))
 DEFAULT_WIDTHS = ((32, 48, 64), (56, 64, 96, 128), (112, 160, 256), (220, 256, 384, 512))
 DEFAULT_RATIOS = (3, 4, 8)
+DEFAULT_NECKS = ("none", "fpt_neck")
 
 
 @SPACES.register("metaformer")
@@ -556,8 +655,8 @@ class MetaformerSpace(SearchSpace):
                  depths: Sequence[Sequence[int]] = DEFAULT_DEPTHS,
                  widths: Sequence[Sequence[int]] = DEFAULT_WIDTHS,
                  mlp_ratios: Sequence[int] = DEFAULT_RATIOS, necks: Optional[Sequence[str]] = None,
-                 input_size: Sequence[int] = (3, 224, 224), num_classes: int = 1000,
-                 supernet_widths: Sequence[int] = (16, 32, 64, 128)):
+                 neck_width: int = 256, input_size: Sequence[int] = (3, 224, 224), num_classes: int = 1000,
+                 supernet_widths: Sequence[int] = (16, 32, 64, 128), supernet_neck_width: int = 32):
         if style not in STYLES:
             raise ValueError(f"unknown style {style!r}; known: {', '.join(STYLES)}")
         self.style = style
@@ -568,13 +667,14 @@ class MetaformerSpace(SearchSpace):
         self.depths = [[int(d) for d in ds] for ds in depths]
         self.widths = [[int(w) for w in ws] for ws in widths]
         self.mlp_ratios = [int(r) for r in mlp_ratios]
-        self.necks = list(necks) if necks is not None else available_necks()
+        self.necks = list(necks) if necks is not None else [n for n in available_necks() if n in DEFAULT_NECKS]
         unknown = [n for n in self.necks if n not in available_necks()]
         if unknown:
             raise ValueError(f"unknown neck(s) {unknown}; available: {', '.join(available_necks())}")
         self.input_size = tuple(int(v) for v in input_size)
         self.num_classes = int(num_classes)
         self.supernet_widths = [int(w) for w in supernet_widths]
+        self.neck_width, self.supernet_neck_width = int(neck_width), int(supernet_neck_width)
         if not (self.token_mixers and self.channel_mixers and self.mlp_ratios and self.necks):
             raise ValueError("the space needs at least one token mixer, channel mixer, ratio and neck")
         if len(self.depths) != 4 or len(self.widths) != 4 or len(self.supernet_widths) != 4 \
@@ -585,8 +685,9 @@ class MetaformerSpace(SearchSpace):
     def settings(self) -> Dict[str, Any]:
         return {"space": self.name, "style": self.style, "token_mixers": list(self.token_mixers),
                 "channel_mixers": list(self.channel_mixers), "depths": self.depths, "widths": self.widths,
-                "mlp_ratios": self.mlp_ratios, "necks": self.necks, "input_size": list(self.input_size),
-                "num_classes": self.num_classes, "supernet_widths": self.supernet_widths}
+                "mlp_ratios": self.mlp_ratios, "necks": self.necks, "neck_width": self.neck_width,
+                "input_size": list(self.input_size), "num_classes": self.num_classes,
+                "supernet_widths": self.supernet_widths, "supernet_neck_width": self.supernet_neck_width}
 
     def choices(self) -> Dict[str, List[Any]]:
         out: Dict[str, List[Any]] = {}
@@ -610,7 +711,7 @@ class MetaformerSpace(SearchSpace):
                                    params[f"s{i + 1}_depth"], params[f"s{i + 1}_width"],
                                    params[f"s{i + 1}_mlp_ratio"]) for i in range(4))
         arch = MetaformerArch(stages=stages, stem_stride=self.stem_stride, neck=params.get("neck", "none"),
-                              input_size=self.input_size, num_classes=self.num_classes, **STYLES[self.style])
+                              neck_width=self.neck_width, input_size=self.input_size, num_classes=self.num_classes, **STYLES[self.style])
         arch.validate()
         return arch
 
@@ -633,7 +734,8 @@ class MetaformerSpace(SearchSpace):
     def supernet(self, num_classes: int, input_size: Sequence[int]) -> MetaformerSupernet:
         return MetaformerSupernet(STYLES[self.style], self.supernet_widths, [max(d) for d in self.depths],
                                   self.token_mixers, self.channel_mixers, [float(r) for r in self.mlp_ratios],
-                                  num_classes, input_size, conv_blocks=self.style == "swiftformer")
+                                  num_classes, input_size, conv_blocks=self.style == "swiftformer",
+                                  necks=self.necks, neck_width=self.supernet_neck_width)
 
     def all_parts(self) -> Iterator[Part]:
         c_in, h, w = self.input_size
@@ -655,6 +757,13 @@ class MetaformerSpace(SearchSpace):
                     steps.append(stage_norm_step(wd, res[i]))
         steps += [head_step(wd, res[3], self.num_classes, proto.head_norm, proto.dist_head)
                   for wd in self.widths[3]]
+        for neck in self.necks:
+            if neck == "none":
+                continue
+            n = neck_inputs(neck)
+            for chans in itertools.product(*self.widths[4 - n:]):
+                stages = tuple(Stage(1, c, "", "", 1.0) for c in [0] * (4 - n) + list(chans))  # widths only
+                steps += neck_steps(replace(proto, stages=stages, neck=neck, neck_width=self.neck_width), res)
         seen = set()
         for s in steps:
             if s.key not in seen:
