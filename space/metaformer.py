@@ -265,32 +265,36 @@ def neck_inputs(name: str) -> int:
     return neck_registry().meta(name).get("inputs", 4)
 
 
-class NeckPart(nn.Module):
-    """A neck over the deepest stage outputs, given as separate tensors (finest first)."""
-
-    def __init__(self, name: str, channels: Sequence[int], width: int):
-        super().__init__()
-        self.neck = neck_registry()[name](list(channels), width)
-
-    def forward(self, *xs: torch.Tensor) -> Tuple[torch.Tensor, ...]:
-        return tuple(self.neck(list(xs)))
-
-
 class NeckHead(nn.Module):
     """Classifier over a neck's maps: per map the head norm and global mean, concatenated,
     then the linear classifier(s).  Our choice (FPT is a detection neck): every level, not
     only the finest, reaches the classifier."""
 
-    def __init__(self, width: int, levels: int, num_classes: int, norm: str, dist: int):
+    def __init__(self, widths: Sequence[int], num_classes: int, norm: str, dist: int):
         super().__init__()
-        self.norms = nn.ModuleList(make_norm(norm, width) for _ in range(levels))
-        self.head = nn.Linear(width * levels, num_classes)
-        self.dist_head = nn.Linear(width * levels, num_classes) if dist else None
+        self.norms = nn.ModuleList(make_norm(norm, w) for w in widths)
+        self.head = nn.Linear(sum(widths), num_classes)
+        self.dist_head = nn.Linear(sum(widths), num_classes) if dist else None
 
-    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+    def forward(self, xs: Sequence[torch.Tensor]) -> torch.Tensor:
         x = torch.cat([n(t).mean((2, 3)) for n, t in zip(self.norms, xs)], dim=1)
         y = self.head(x)
         return y if self.dist_head is None else (y + self.dist_head(x)) / 2
+
+
+class NeckClassifier(nn.Module):
+    """The neck over the deepest stage outputs (given as separate tensors, finest first) and
+    the classifier over its maps: one part, so that planning never builds a neck."""
+
+    def __init__(self, name: str, channels: Sequence[int], width: int, num_classes: int, norm: str, dist: int):
+        super().__init__()
+        self.neck = neck_registry()[name](list(channels), width)
+        out = self.neck.out_channels
+        widths = list(out) if isinstance(out, (list, tuple)) else [int(out)] * len(channels)
+        self.head = NeckHead(widths, num_classes, norm, dist)
+
+    def forward(self, *xs: torch.Tensor) -> torch.Tensor:
+        return self.head(self.neck(list(xs)))
 
 
 # -- the plan: one description that the network, the parts and the supernet follow ------------
@@ -336,7 +340,7 @@ class Step:
     inputs: Tuple[Tuple[int, ...], ...]
     make: Callable[[], nn.Module]
     stage_end: bool = False  # its output is a stage output (read by the neck)
-    reads: int = 0  # > 0: reads the last ``reads`` stage outputs (a neck); -1: unpacks a tuple
+    reads: int = 0  # > 0: reads the last ``reads`` stage outputs (the neck)
 
     @property
     def key(self) -> str:
@@ -379,19 +383,16 @@ def stage_norm_step(dim: int, hw) -> Step:
     return Step("stage_norm", (("c", dim), ("hw", _hw(hw))), ((1, dim, *hw),), lambda: LayerNorm2d(dim))
 
 
-def neck_steps(arch: MetaformerArch, res) -> List[Step]:
-    """The neck over the deepest stage outputs, then the classifier over its maps."""
+def neck_step(arch: MetaformerArch, res) -> Step:
+    """The neck over the deepest stage outputs with the classifier over its maps."""
     n = neck_inputs(arch.neck)
     chans = [s.width for s in arch.stages][-n:]
-    shapes = tuple((1, c, *hw) for c, hw in zip(chans, res[-n:]))
-    wd = arch.neck_width
-    return [Step(f"neck:{arch.neck}", (("name", arch.neck), ("c", "-".join(map(str, chans))), ("width", wd),
-                                       ("hw", "-".join(_hw(hw) for hw in res[-n:]))), shapes,
-                 lambda: NeckPart(arch.neck, chans, wd), reads=n),
-            Step("neck_head", (("c", wd), ("levels", n), ("hw", "-".join(_hw(hw) for hw in res[-n:])),
-                               ("classes", arch.num_classes), ("norm", arch.head_norm), ("dist", arch.dist_head)),
-                 tuple((1, wd, *hw) for hw in res[-n:]),
-                 lambda: NeckHead(wd, n, arch.num_classes, arch.head_norm, arch.dist_head), reads=-1)]
+    fields = (("name", arch.neck), ("c", "-".join(map(str, chans))), ("width", arch.neck_width),
+              ("hw", "-".join(_hw(hw) for hw in res[-n:])), ("classes", arch.num_classes),
+              ("norm", arch.head_norm), ("dist", arch.dist_head))
+    return Step(f"neck:{arch.neck}", fields, tuple((1, c, *hw) for c, hw in zip(chans, res[-n:])),
+                lambda: NeckClassifier(arch.neck, chans, arch.neck_width, arch.num_classes, arch.head_norm,
+                                       arch.dist_head), reads=n)
 
 
 def head_step(dim: int, hw, classes: int, norm: str, dist: int) -> Step:
@@ -424,7 +425,7 @@ def plan(arch: MetaformerArch) -> List[Step]:
             steps.append(stage_norm_step(s.width, res[i]))
         steps[-1] = replace(steps[-1], stage_end=True)
     if arch.neck != "none":
-        return steps + neck_steps(arch, res)
+        return steps + [neck_step(arch, res)]
     steps.append(head_step(arch.stages[-1].width, res[-1], arch.num_classes, arch.head_norm, arch.dist_head))
     return steps
 
@@ -467,12 +468,7 @@ class MetaformerNet(nn.Module):
     def forward(self, x):
         feats = []
         for i, (layer, reads) in enumerate(zip(self.layers, self.reads)):
-            if reads > 0:
-                x = layer(*feats[-reads:])
-            elif reads < 0:
-                x = layer(*x)
-            else:
-                x = layer(x)
+            x = layer(*feats[-reads:]) if reads else layer(x)
             if i in self.taps:
                 feats.append(x)
         return x
@@ -567,15 +563,14 @@ class _PlainHead(Head):
         return super().forward(feats[-1])
 
 
-class _NeckHead(nn.Module):
+class _NeckHead(NeckClassifier):
     def __init__(self, name: str, widths: Sequence[int], neck_width: int, num_classes: int, norm: str, dist: int):
-        super().__init__()
-        self.n = neck_inputs(name)
-        self.neck = NeckPart(name, list(widths)[-self.n:], neck_width)
-        self.head = NeckHead(neck_width, self.n, num_classes, norm, dist)
+        n = neck_inputs(name)
+        super().__init__(name, list(widths)[-n:], neck_width, num_classes, norm, dist)
+        self.n = n
 
     def forward(self, feats: List[torch.Tensor]) -> torch.Tensor:
-        return self.head(*self.neck(*feats[-self.n:]))
+        return super().forward(*feats[-self.n:])
 
 
 class MetaformerSupernet(nn.Module):
@@ -763,7 +758,7 @@ class MetaformerSpace(SearchSpace):
             n = neck_inputs(neck)
             for chans in itertools.product(*self.widths[4 - n:]):
                 stages = tuple(Stage(1, c, "", "", 1.0) for c in [0] * (4 - n) + list(chans))  # widths only
-                steps += neck_steps(replace(proto, stages=stages, neck=neck, neck_width=self.neck_width), res)
+                steps.append(neck_step(replace(proto, stages=stages, neck=neck, neck_width=self.neck_width), res))
         seen = set()
         for s in steps:
             if s.key not in seen:
