@@ -19,7 +19,13 @@ then an optional per-stage norm (VAN's LayerNorm).  Head: optional norm, global 
 (``dist_head=1``: SwiftFormer's second, distillation classifier, averaged with the first, as
 the official network returns at inference; this toolkit trains without a teacher, so the
 average is returned in training too).  The published SwiftFormer-XS count (3.475M) includes
-that head, so the preset has it.
+that head, so the preset has it (3.254M without: ``dist_head=0``).
+
+Neck (``neck``, ``neck_width``): a ``NECKS`` entry of ``space.ops.fpt`` (``fpt_neck``, offered
+by default when registered; any other registered neck by the ``necks`` setting) reads the
+deepest stage outputs it asks for (registry meta ``inputs``), finest first.  FPT is a detection
+neck; to classify, the head takes every output map (head norm, global mean), concatenates
+them and applies the linear classifier(s) (our choice).  Neck and classifier are one part.
 
 Block styles (``STYLES``), from the official code:
   van          patch7 stem (7x7 s4 + BN), BN pre-norms, layer scale 1e-2, LayerNorm after each
@@ -53,7 +59,6 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, ClassVar, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .arch import ArchBase, ArchError
@@ -706,7 +711,8 @@ class MetaformerSpace(SearchSpace):
                                    params[f"s{i + 1}_depth"], params[f"s{i + 1}_width"],
                                    params[f"s{i + 1}_mlp_ratio"]) for i in range(4))
         arch = MetaformerArch(stages=stages, stem_stride=self.stem_stride, neck=params.get("neck", "none"),
-                              neck_width=self.neck_width, input_size=self.input_size, num_classes=self.num_classes, **STYLES[self.style])
+                              neck_width=self.neck_width, input_size=self.input_size,
+                              num_classes=self.num_classes, **STYLES[self.style])
         arch.validate()
         return arch
 

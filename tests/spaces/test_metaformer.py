@@ -169,10 +169,15 @@ def test_whole_network_with_adapters_equals_it_without_at_init():
 
 
 def test_validation_explains_bad_archs():
+    def first(**kw):
+        return M.replace(M.VAN_B0, stages=(M.replace(M.VAN_B0.stages[0], **kw),) + M.VAN_B0.stages[1:])
+
     with pytest.raises(space.ArchError, match="token mixer"):
-        M.replace(M.VAN_B0, stages=(M.replace(M.VAN_B0.stages[0], token_mixer="lka2"),) + M.VAN_B0.stages[1:]).validate()
+        first(token_mixer="lka2").validate()
     with pytest.raises(space.ArchError, match="conv_blocks"):
-        M.replace(M.VAN_B0, stages=(M.replace(M.VAN_B0.stages[0], conv_blocks=4),) + M.VAN_B0.stages[1:]).validate()
+        first(conv_blocks=4).validate()
+    with pytest.raises(space.ArchError, match="unknown field"):
+        M.MetaformerArch.from_json(M.VAN_B0.to_json().replace('"stem":', '"stemm":'))
     with pytest.raises(space.ArchError, match="4 stages"):
         M.replace(M.VAN_B0, stages=M.VAN_B0.stages[:3]).validate()
     with pytest.raises(space.ArchError, match="neck"):
