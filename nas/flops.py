@@ -15,7 +15,7 @@ mul, div (tensor or scalar operand)           1 per output element: the multiply
                                               MAC, and the whole cost of attention gates
 softmax, log_softmax                          1 per element (normalisation, as norm layers)
 mean, sum, amax, max/min over a dim,          1 per input element read (as fvcore counts
-var, std, norm (F.normalize), topk            adaptive_avg_pool2d)
+var, std, norm (F.normalize), topk, logsumexp adaptive_avg_pool2d)
 max_pool2d, avg_pool2d                        k*k per output element
 adaptive_max_pool2d                           1 per input element
 add, sub, activations (relu, gelu, sigmoid,   0: additions and nonlinearities are not
@@ -104,7 +104,7 @@ HANDLES: Dict[str, Optional[Callable]] = {
     **{f"aten::{op}": _in_elems for op in ("mean", "sum", "amax", "amin", "max", "min", "var",
                                            "std", "var_mean", "std_mean", "linalg_vector_norm",
                                            "norm", "frobenius_norm", "topk", "adaptive_max_pool2d",
-                                           "adaptive_max_pool1d", "adaptive_avg_pool1d")},
+                                           "adaptive_max_pool1d", "adaptive_avg_pool1d", "logsumexp")},
     "aten::max_pool2d": _pool_window,
     "aten::avg_pool2d": _pool_window,
     "aten::max_pool1d": _pool_window,
@@ -163,7 +163,7 @@ def count(model: nn.Module, input_shapes: Iterable[Sequence[int]]) -> int:
 
 
 class PartCounter:
-    """Fast count of a network as the sum of cached per-part counts.
+    """Fast count of a network as the sum of cached per-part counts (FLOPs, and parameters).
 
     A space describes a network as ``Part``s (op instances with their input shapes) whose
     forward composition is the whole network with only free glue (cat, views) between them;
@@ -172,19 +172,26 @@ class PartCounter:
     """
 
     def __init__(self) -> None:
-        self.cache: Dict[str, int] = {}
+        self.cache: Dict[str, Tuple[int, int]] = {}  # part key -> (flops, params)
         self.traced = 0  # parts traced, for the benchmark's hit-rate line
 
-    def part(self, p) -> int:
-        n = self.cache.get(p.key)
-        if n is None:
-            n = count(p.make(), p.inputs)
-            self.cache[p.key] = n
+    def _entry(self, p) -> Tuple[int, int]:
+        e = self.cache.get(p.key)
+        if e is None:
+            m = p.make()
+            e = (count(m, p.inputs), params(m))
+            self.cache[p.key] = e
             self.traced += 1
-        return n
+        return e
+
+    def part(self, p) -> int:
+        return self._entry(p)[0]
 
     def total(self, parts: Iterable) -> int:
-        return sum(self.part(p) for p in parts)
+        return sum(self._entry(p)[0] for p in parts)
+
+    def params(self, parts: Iterable) -> int:
+        return sum(self._entry(p)[1] for p in parts)
 
     def by_kind(self, parts: Iterable) -> Dict[str, int]:
         out: Dict[str, int] = {}

@@ -26,6 +26,16 @@ class Part:
     make: Callable[[], nn.Module] = field(compare=False, repr=False)
 
 
+def make_op(name: str, C_in: int, C_out: int, stride: int, hw: Tuple[int, int], **kw: Any) -> nn.Module:
+    """``OPS[name](C_in, C_out, stride)``, passing ``resolution=H`` to ops whose registry meta
+    asks for it (PyConv picks its pyramid levels per stage, as PyConvResNet does)."""
+    from .registries import OPS
+
+    if OPS.meta(name).get("resolution"):
+        kw.setdefault("resolution", hw[0])
+    return OPS[name](C_in, C_out, stride, **kw)
+
+
 def part_key(kind: str, **fields: Any) -> str:
     body = ",".join(f"{k}={v}" for k, v in sorted(fields.items()))
     return f"{kind}({body})"

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from .arch import ArchBase, ArchError
-from .base import Part, SearchSpace, part_key
+from .base import Part, SearchSpace, make_op, part_key
 from .choice import Choice
 from .ops import deploy as deploy_ops
 from .ops.base import WithState, link_state, stateful_key
@@ -167,7 +167,8 @@ class DartsCell(nn.Module):
         self.indices = [i for _, i in cell.edges]
         self.concat = list(cell.concat)
         self.ops = nn.ModuleList(
-            OPS[name](layer.C, layer.C, 2 if layer.reduction and i < 2 else 1) for name, i in cell.edges)
+            make_op(name, layer.C, layer.C, 2 if layer.reduction and i < 2 else 1,
+                    layer.hw if i < 2 else layer.hw_out) for name, i in cell.edges)
         self.combines = nn.ModuleList(FUSIONS[c](layer.C) for c in cell.combine)
         self._skip = [isinstance(op, nn.Identity) for op in self.ops]
 
@@ -225,12 +226,12 @@ def op_part(name: str, C_in: int, C_out: int, stride: int, hw: Tuple[int, int],
     key = stateful_key(OPS.meta(name))
     if key is None:
         return Part(part_key("op", **fields), name, ((1, C_in, *hw),),
-                    _deployed(lambda: OPS[name](C_in, C_out, stride)))
+                    _deployed(lambda: make_op(name, C_in, C_out, stride, hw)))
     prev = chain is not None and key in chain
     if chain is not None:
         chain.add(key)
     return Part(part_key("op", **fields, prev=int(prev)), name, ((1, C_in, *hw),),
-                _deployed(lambda: WithState(OPS[name](C_in, C_out, stride), prev)))
+                _deployed(lambda: WithState(make_op(name, C_in, C_out, stride, hw), prev)))
 
 
 def fusion_part(name: str, C: int, hw: Tuple[int, int]) -> Part:
@@ -297,7 +298,8 @@ class SuperCell(nn.Module):
         self.preprocess0 = _preprocess0(layer)
         self.preprocess1 = ReLUConvBN(layer.C_p, layer.C, 1)
         self.edges = nn.ModuleList(
-            nn.ModuleList(Choice.of(ops, lambda n, j=j: OPS[n](layer.C, layer.C, 2 if layer.reduction and j < 2 else 1))
+            nn.ModuleList(Choice.of(ops, lambda n, j=j: make_op(n, layer.C, layer.C, 2 if layer.reduction and j < 2 else 1,
+                                                                 layer.hw if j < 2 else layer.hw_out))
                           for j in range(i + 2)) for i in range(STEPS))
         self.combines = nn.ModuleList(Choice.of(fusions, lambda n: FUSIONS[n](layer.C)) for _ in range(STEPS))
         self.active: List[Tuple[int, int]] = [(0, 1)] * STEPS
@@ -365,6 +367,7 @@ def _pairs(node: int) -> List[str]:
 class DartsSpace(SearchSpace):
     name = "darts"
     arch_cls = DartsArch
+    target_from_data = True  # CIFAR-style: deployed at the data's resolution and class count
     presets = {"darts_v1": DARTS_V1, "darts_v2": DARTS_V2}
     build = staticmethod(build)
     parts = staticmethod(parts)

@@ -7,7 +7,7 @@ import importlib
 import pkgutil
 
 from ..registries import ATTENTIONS, CHANNEL_MIXERS, DW_CONVS, FUSIONS, OPS, TOKEN_MIXERS
-from .base import NetworkState, aux_loss, deploy, link_state, set_progress
+from .base import NetworkState, aux_loss, deploy, link_state, set_progress, task_loss
 
 _HELPERS = {"base", "common"}
 for _m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
@@ -15,4 +15,4 @@ for _m in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         importlib.import_module(f"{__name__}.{_m.name}")
 
 __all__ = ["OPS", "FUSIONS", "ATTENTIONS", "TOKEN_MIXERS", "CHANNEL_MIXERS", "DW_CONVS",
-           "deploy", "aux_loss", "set_progress", "link_state", "NetworkState"]
+           "deploy", "aux_loss", "set_progress", "task_loss", "link_state", "NetworkState"]

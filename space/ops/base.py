@@ -9,6 +9,9 @@
   and ``example_state(x)`` (a zero state of the right shape for input x, used to cost it in
   isolation).  ``link_state(net)`` gives all such ops one shared ``NetworkState``; the network
   clears it at each forward and at each stage start, so a chain runs along one stage.
+* task loss: a module with its own training objective (GENet's per-member losses) defines
+  ``task_loss(target)``; ``task_loss(model, logits, target)`` uses it instead of the
+  cross-entropy of the network's output.
 * training progress: ops with schedules (DGC's pruning ramp) define ``set_progress(p)``, p in
   [0, 1]; ``set_progress(model, p)`` reaches all of them.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -40,6 +44,18 @@ def aux_loss(model: nn.Module) -> Optional[torch.Tensor]:
             total = loss if total is None else total + loss
             m.aux_loss = None
     return total
+
+
+def task_loss(model: nn.Module, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the output, unless modules that ran define their own objective."""
+    own = []
+    for m in model.modules():
+        fn = getattr(m, "task_loss", None)
+        if m is not model and callable(fn):
+            loss = fn(target)
+            if loss is not None:
+                own.append(loss)
+    return torch.stack(own).sum() if own else F.cross_entropy(logits, target)
 
 
 def set_progress(model: nn.Module, progress: float) -> None:

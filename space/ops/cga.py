@@ -31,6 +31,8 @@ Departures:
 """
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -43,10 +45,10 @@ def _reflect_along(x: torch.Tensor, p: int, dim: int) -> torch.Tensor:
     def pad(n: int):
         return (n, n, 0, 0) if dim == -1 else (0, 0, n, n)
 
-    if int(x.shape[dim]) == 1:  # a 1-pixel side reflects onto itself
+    if x.shape[dim] == 1:  # a 1-pixel side reflects onto itself
         return F.pad(x, pad(p), mode="replicate")
     while p > 0:
-        step = min(p, int(x.shape[dim]) - 1)
+        step = min(p, x.shape[dim] - 1)
         x = F.pad(x, pad(step), mode="reflect")
         p -= step
     return x
@@ -54,9 +56,12 @@ def _reflect_along(x: torch.Tensor, p: int, dim: int) -> torch.Tensor:
 
 def reflect_pad(x: torch.Tensor, p: int) -> torch.Tensor:
     """Reflect padding of width p on H and W, reflecting repeatedly where the map is narrower."""
-    if min(int(x.shape[-2]), int(x.shape[-1])) > p:  # int(): no tracer warning
-        return F.pad(x, (p, p, p, p), mode="reflect")
-    return _reflect_along(_reflect_along(x, p, -1), p, -2)  # 2-D reflection is separable
+    with warnings.catch_warnings():
+        # the branch depends on the map size only, which a (shape-specialised) trace fixes anyway
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        if min(x.shape[-2:]) > p:
+            return F.pad(x, (p, p, p, p), mode="reflect")
+        return _reflect_along(_reflect_along(x, p, -1), p, -2)  # 2-D reflection is separable
 
 
 class ReflectConv(nn.Conv2d):

@@ -120,3 +120,13 @@ class DWConv(nn.Sequential):
 
 
 DW_CONVS.register("plain", DWConv)
+
+
+def dw_kernel(conv: str, kernel_size: int) -> int:
+    """The kernel a depthwise variant really uses for a requested one: variants that exist at
+    fixed sizes only (registry meta ``kernels=``, e.g. DEConv's 3x3 difference kernels) take
+    their nearest supported size, so every (kernel, variant) choice builds."""
+    sizes = DW_CONVS.meta(conv).get("kernels")
+    if not sizes or kernel_size in sizes:
+        return kernel_size
+    return min(sizes, key=lambda k: (abs(k - kernel_size), k))

@@ -20,11 +20,14 @@ and the block returns ``x * att`` and passes ``gap * att`` on as the new state.
 Extra params over SE: 3 + 2C, plus att_fc where declared.
 
 How the state travels here (``network_state_key = "dca"``, see ``space/ops/base.py``).  The
-official networks pass a ``{0: x, 1: att}`` dict from block to block; our ops keep the
+official networks pass a ``{0: x, 1: gap * att}`` dict from block to block; our ops keep the
 (C_in, C_out, stride) signature, so the network holds the state instead: ``link_state(net)``
 gives every DCA-SE op one shared ``NetworkState`` dict; an op reads ``state["dca"]`` (the
-previous op's ``gap * att``) and writes its own.  The network clears the dict at the start of
-every forward and at every stage start, so:
+previous op's transformation output) and writes its own.  The state is stored as the pair
+``(gap, att)`` and the reading op forms ``gap * att``: the product then exists (and is costed)
+only where a later op uses it, so a part costed alone (``WithState``) counts what it counts in
+the network (a product no op reads would be traced away in one and not in the other).  The
+network clears the dict at the start of every forward and at every stage start, so:
 * along a chain of blocks (a sequential stage, e.g. the MobileNet space), the first DCA-SE op of
   a stage is plain SE and each later one reads the op before it, as in DCANet's ResNets;
 * in a DARTS cell network a stage is the run of cells between reductions (the state is cleared
@@ -55,7 +58,7 @@ Departures from the official code and why:
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -123,8 +126,9 @@ class DCASE(nn.Module):
         if self.conv is None:
             self._build_fusion()
 
-    def example_state(self, x: torch.Tensor) -> torch.Tensor:
-        return x.new_zeros(x.shape[0], self.prev_channels)
+    def example_state(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        zeros = x.new_zeros(x.shape[0], self.prev_channels)
+        return zeros, zeros
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c = x.shape[:2]
@@ -133,15 +137,18 @@ class DCASE(nn.Module):
         if prev is None:
             att = self.fc(gap)
         else:
-            if int(prev.shape[1]) != self.prev_channels:
-                raise ValueError(f"dca_se({c}) received a {prev.shape[1]}-channel state but was "
+            prev_gap, prev_att = prev
+            if not torch.jit.is_tracing() and prev_gap.shape[1] != self.prev_channels:
+                raise ValueError(f"dca_se({c}) received a {prev_gap.shape[1]}-channel state but was "
                                  f"declared with prev_channels={self.prev_channels}; chains must "
                                  "restart where the width changes, or declare prev_channels")
-            pre = prev if self.att_fc is None else self.att_fc(prev)
+            pre = prev_gap * prev_att  # the previous block's transformation output
+            if self.att_fc is not None:
+                pre = self.att_fc(pre)
             both = torch.stack([gap, pre], dim=1).view(b, 2, 1, c)
             att = self.fc(self.conv(both).view(b, c))
         if self._state is not None:
-            self._state[self.network_state_key] = gap * att
+            self._state[self.network_state_key] = (gap, att)  # the reader forms gap * att
         return x * att.view(b, c, 1, 1)
 
 

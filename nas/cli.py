@@ -1,0 +1,168 @@
+"""``python search.py --budget 300MFLOPs``: search, export the architectures found, plot the front."""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import traceback
+import warnings
+from typing import Any, Dict, List, Optional
+
+EPILOG = """\
+budgets: 300MFLOPs, 0.3GFLOPs, 300MMACs (the same: fvcore counts one multiply-add as one FLOP),
+2.5Mparams, 5ms (needs a latency table); join several with commas: 300MFLOPs,5ms.
+The budget applies to the deployed network (e.g. DARTS: 36 channels, 20 cells) at batch 1.
+
+outputs (in --out): config.json, trials.csv, pareto.csv, archs/<trial>.json, best.json,
+pareto.png, baselines.csv, summary.json, study.db, supernet.pt  (see results/README.md)
+
+examples:
+  python search.py --budget 300MFLOPs
+  python search.py --budget 300MFLOPs --data ../shared/data/cifar10_subset.npz --trials 200
+  python search.py --budget 200MFLOPs --ops sep_conv_3x3,lka,do_conv_3x3 --sampler tpe
+  python -m nas.train results/<run>/best.json --data cifar10 --epochs 50
+"""
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse prints the usage block before an error; a bad value deserves one line."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _csv(text: str) -> List[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _kv(text: str) -> tuple:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    k, v = text.split("=", 1)
+    for conv in (int, float):
+        try:
+            return k.strip(), conv(v)
+        except ValueError:
+            pass
+    if "," in v:
+        return k.strip(), [int(x) if x.strip().lstrip("-").isdigit() else x.strip() for x in v.split(",")]
+    return k.strip(), v.strip()
+
+
+def _budget(text: str) -> str:
+    from .budget import BudgetError, parse_budget
+
+    try:
+        parse_budget(text)
+    except BudgetError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    prog = "search.py" if os.path.basename(sys.argv[0]) == "search.py" else "nas-search"
+    p = OneLineParser(prog=prog, description="Search a space of published vision modules under a compute budget.",
+                      epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--budget", required=True, type=_budget,
+                   help="limit on the deployed network: 300MFLOPs (fvcore: 1 FLOP = 1 multiply-add), "
+                        "300MMACs, 2.5Mparams, 5ms; comma-join several")
+    p.add_argument("--space", default="darts", help="search space: darts (default), mobile, metaformer (see --list)")
+    p.add_argument("--driver", default="optuna", help="search backend: optuna (default) or random")
+    p.add_argument("--sampler", default="nsga2", choices=["nsga2", "tpe"],
+                   help="Optuna sampler: nsga2 (multi-objective with constraints, default) or tpe")
+    p.add_argument("--trials", type=int, default=64, help="candidates to propose (default 64); over-budget ones "
+                   "are rejected in milliseconds, before any training or evaluation")
+    p.add_argument("--epochs", type=int, default=6, help="supernet training epochs (default 6)")
+    p.add_argument("--data", default=None,
+                   help="CIFAR-10 batches folder (downloaded if missing), 'cifar10' (cache folder), an .npz with "
+                        "x_train,y_train,x_test,y_test, or an image folder; default: $NAS_DATA, else cached "
+                        "CIFAR-10, else scikit-learn's bundled digits (offline fallback)")
+    p.add_argument("--out", default=None, help="run folder (default results/<timestamp>-<space>-<budget>)")
+    p.add_argument("--seed", type=int, default=0, help="seed for split, supernet and sampler: same seed, same trials")
+    p.add_argument("--storage", default=None,
+                   help="Optuna storage URL (default: SQLite file study.db in the run folder), e.g. postgresql://...")
+    p.add_argument("--ops", type=_csv, default=None, help="comma-separated candidate ops (default: all registered)")
+    p.add_argument("--fusions", type=_csv, default=None, help="comma-separated combine ops (default: all registered)")
+    p.add_argument("--space-opt", type=_kv, action="append", default=[], metavar="KEY=VALUE",
+                   help="other space settings, e.g. channels=16 cells=8 supernet_channels=8 (repeatable)")
+    p.add_argument("--latency-lut", default=None, help="latency lookup table (default: the shipped one for this "
+                   "machine, if any); needed for ms budgets")
+    p.add_argument("--force-lut", action="store_true", help="use a latency table measured on another device")
+    p.add_argument("--population", type=int, default=None, help="NSGA-II population (default trials/4 in 8..50)")
+    p.add_argument("--batch-size", type=int, default=64, help="supernet training batch (default 64)")
+    p.add_argument("--lr", type=float, default=0.05, help="supernet learning rate (default 0.05, cosine)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
+    p.add_argument("--list", action="store_true", help="list spaces, ops, fusions and presets, then exit")
+    return p
+
+
+def _list() -> None:
+    import space
+
+    print("spaces:  ", ", ".join(space.SPACES.names()))
+    for reg in (space.OPS, space.FUSIONS, space.ATTENTIONS, space.TOKEN_MIXERS, space.CHANNEL_MIXERS, space.DW_CONVS):
+        print(f"{reg.kind + 's:':<17}", ", ".join(reg.names()))
+    print("presets: ", ", ".join(n for s in space.SPACES.names() for n in space.SPACES[s].presets))
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    if "--list" in (argv if argv is not None else sys.argv[1:]):
+        _list()
+        return 0
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*ExperimentalWarning.*")
+    from .run import RunError, SearchConfig, run  # heavy imports after argument checks
+    from .data import DataError
+    from space.registry import UnknownName
+
+    cfg = SearchConfig(budget=args.budget, space=args.space, ops=args.ops, fusions=args.fusions,
+                       space_options=dict(args.space_opt), driver=args.driver, sampler=args.sampler,
+                       population=args.population, trials=args.trials, epochs=args.epochs,
+                       batch_size=args.batch_size, lr=args.lr, data=args.data, out=args.out, seed=args.seed,
+                       storage=args.storage, latency_lut=args.latency_lut, force_lut=args.force_lut,
+                       threads=args.threads, resume=args.resume, progress=not args.quiet)
+    try:
+        summary = run(cfg)
+    except (RunError, DataError, UnknownName) as e:
+        print(f"{parser.prog}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # never a bare traceback for users; --debug shows it
+        if args.debug:
+            traceback.print_exc()
+        print(f"{parser.prog}: error: {type(e).__name__}: {e} (rerun with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
+    _report(summary)
+    return 130 if summary.get("interrupted") else 0
+
+
+def _report(s: Dict[str, Any]) -> None:
+    from .budget import human
+
+    print(f"\n{s['trials']} trials: {s['within_budget']} within budget, {s['over_budget']} rejected over budget, "
+          f"{s['failed']} failed; {len(s['front'])} on the Pareto front")
+    b = s.get("best_summary")
+    if b:
+        lat = f", {b['latency_ms']:.2f} ms" if b.get("latency_ms") is not None else ""
+        test = f", test {b['test_acc_inherited']:.3f}" if b.get("test_acc_inherited") is not None else ""
+        print(f"best within budget: trial {b['trial']}: val {b['val_acc']:.3f}{test} (inherited supernet weights), "
+              f"{human(b['flops'])}FLOPs (multiply-adds), {human(b['params'])} params{lat}")
+    else:
+        print("no architecture within budget was found: raise --budget or --trials")
+    ph = s["phases"]
+    print(f"time: supernet {ph['supernet_training_s']:.0f}s, search {ph['search_s']:.0f}s, export {ph['export_s']:.0f}s")
+    print(f"results: {s['folder']}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

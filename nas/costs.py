@@ -1,0 +1,23 @@
+"""Costs of a deployed network from its parts: FLOPs and parameters (cached per part), and
+latency from a lookup table when one is given."""
+from __future__ import annotations
+
+from typing import Any, Dict, Optional
+
+import space
+from space.arch import ArchBase
+
+from .flops import PartCounter
+
+
+class CostModel:
+    def __init__(self, latency: Optional[Any] = None):
+        self.counter = PartCounter()
+        self.latency = latency  # a nas.latency.Predictor, or None
+
+    def __call__(self, arch: ArchBase) -> Dict[str, float]:
+        parts = space.parts(arch)
+        out: Dict[str, float] = {"flops": self.counter.total(parts), "params": self.counter.params(parts)}
+        if self.latency is not None:
+            out["latency_ms"] = float(self.latency.predict(parts))
+        return out

@@ -1,0 +1,305 @@
+"""Datasets for accuracy estimation: CIFAR-10 batches, .npz arrays, image folders, or the
+offline fallback.  Everything is held in memory as uint8 (N, C, H, W); batches are made on the
+fly with a seeded generator, so the same seed gives the same batches.
+
+``--data`` forms:
+* a CIFAR-10 python-batches folder (``cifar-10-batches-py``), or ``cifar10`` for the default
+  cache folder: downloaded and checksummed when missing and the machine is online;
+* an ``.npz`` file with ``x_train, y_train, x_test, y_test`` (e.g. the CIFAR-10 subset);
+* an image folder tree ``root/{train,test}/<class>/*.png|jpg`` (or ``root/<class>/*``, then a
+  seeded 20% becomes the test split);
+* nothing: ``$NAS_DATA`` if set, else CIFAR-10 if already in the cache folder, else the
+  fallback: scikit-learn's bundled handwritten digits (1,797 real 8x8 images, 10 classes),
+  upsampled to 32x32 RGB.  The run says which dataset it used.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import tarfile
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"
+CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+CACHE = Path(os.environ.get("NAS_CACHE", Path.home() / ".cache" / "plugnas"))
+IMAGE_EXT = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
+
+
+class DataError(ValueError):
+    """A --data value that cannot be read; the message says what was expected."""
+
+
+@dataclass
+class Dataset:
+    name: str
+    source: str
+    x_train: np.ndarray  # uint8 (N, C, H, W)
+    y_train: np.ndarray  # int64 (N,)
+    x_test: np.ndarray
+    y_test: np.ndarray
+    classes: List[str]
+    flip: bool = True  # horizontal flips are label-preserving (not for digits)
+    note: str = ""
+
+    @property
+    def input_size(self) -> Tuple[int, int, int]:
+        return tuple(int(v) for v in self.x_train.shape[1:])  # type: ignore[return-value]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def describe(self) -> dict:
+        return {"name": self.name, "source": self.source, "train": len(self.y_train),
+                "test": len(self.y_test), "input_size": list(self.input_size),
+                "classes": len(self.classes), "note": self.note}
+
+
+def _md5(path: Path) -> str:
+    h = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _download_cifar(folder: Path) -> None:
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    archive = folder.parent / "cifar-10-python.tar.gz"
+    if not archive.exists() or _md5(archive) != CIFAR_MD5:
+        print(f"downloading CIFAR-10 to {archive} ...", flush=True)
+        try:
+            urllib.request.urlretrieve(CIFAR_URL, archive)
+        except OSError as e:
+            raise DataError(f"CIFAR-10 is not at {folder} and could not be downloaded ({e}); "
+                            f"give --data an .npz or image folder instead") from None
+        if _md5(archive) != CIFAR_MD5:
+            archive.unlink()
+            raise DataError("downloaded CIFAR-10 archive fails its MD5 checksum; try again")
+    with tarfile.open(archive) as tar:
+        tar.extractall(folder.parent, filter="data")
+    extracted = folder.parent / "cifar-10-batches-py"
+    if extracted != folder:
+        extracted.rename(folder)
+
+
+def load_cifar10(folder: Path, download: bool = True) -> Dataset:
+    files = [folder / f"data_batch_{i}" for i in range(1, 6)] + [folder / "test_batch"]
+    if not all(f.exists() for f in files):
+        if not download:
+            raise DataError(f"{folder} holds no CIFAR-10 python batches")
+        _download_cifar(folder)
+
+    def read(f: Path):
+        with open(f, "rb") as fh:
+            d = pickle.load(fh, encoding="bytes")
+        return np.asarray(d[b"data"], np.uint8).reshape(-1, 3, 32, 32), np.asarray(d[b"labels"], np.int64)
+
+    tr = [read(f) for f in files[:5]]
+    xt, yt = read(files[5])
+    return Dataset("cifar10", str(folder), np.concatenate([a for a, _ in tr]), np.concatenate([b for _, b in tr]),
+                   xt, yt, list(CIFAR_CLASSES))
+
+
+def _chw(x: np.ndarray, where: str) -> np.ndarray:
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4:
+        raise DataError(f"{where}: images must be (N, C, H, W) or (N, H, W, C), got shape {x.shape}")
+    if x.shape[1] not in (1, 3) and x.shape[-1] in (1, 3):
+        x = x.transpose(0, 3, 1, 2)
+    if x.dtype != np.uint8:
+        x = np.clip(x * (255.0 if x.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(x)
+
+
+def load_npz(path: Path) -> Dataset:
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read {path} as .npz: {e}") from None
+    missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in z.files]
+    if missing:
+        raise DataError(f"{path} lacks arrays {missing} (needs x_train, y_train, x_test, y_test)")
+    xtr, xte = _chw(z["x_train"], str(path)), _chw(z["x_test"], str(path))
+    ytr, yte = z["y_train"].astype(np.int64).ravel(), z["y_test"].astype(np.int64).ravel()
+    if len(xtr) != len(ytr) or len(xte) != len(yte):
+        raise DataError(f"{path}: image and label counts differ")
+    n = int(max(ytr.max(), yte.max())) + 1
+    classes = [str(c) for c in z["classes"]] if "classes" in z.files else [str(i) for i in range(n)]
+    return Dataset(path.stem, str(path), xtr, ytr, xte, yte, classes)
+
+
+def load_image_folder(root: Path, seed: int = 0, size: Optional[int] = None) -> Dataset:
+    from PIL import Image  # matplotlib's dependency; only needed for this form
+
+    def scan(d: Path):
+        classes = sorted(p.name for p in d.iterdir() if p.is_dir())
+        items = [(f, i) for i, c in enumerate(classes) for f in sorted((d / c).rglob("*"))
+                 if f.suffix.lower() in IMAGE_EXT]
+        return classes, items
+
+    def read(items, side):
+        xs = []
+        for f, _ in items:
+            im = Image.open(f).convert("RGB")
+            if im.size != (side, side):
+                im = im.resize((side, side), Image.BILINEAR)
+            xs.append(np.asarray(im, np.uint8).transpose(2, 0, 1))
+        return np.stack(xs), np.array([c for _, c in items], np.int64)
+
+    if (root / "train").is_dir():
+        classes, train = scan(root / "train")
+        test_dir = root / "test" if (root / "test").is_dir() else root / "val"
+        if not test_dir.is_dir():
+            raise DataError(f"{root} has train/ but no test/ or val/ folder")
+        _, test = scan(test_dir)
+    else:
+        classes, items = scan(root)
+        order = np.random.default_rng(seed).permutation(len(items))
+        cut = len(items) // 5
+        test, train = [items[i] for i in order[:cut]], [items[i] for i in order[cut:]]
+    if not train or not test or len(classes) < 2:
+        raise DataError(f"{root}: expected class subfolders of images (root/<class>/*.png or "
+                        f"root/train/<class>/...), found {len(classes)} classes, {len(train)} images")
+    side = size or Image.open(train[0][0]).size[0]
+    xtr, ytr = read(train, side)
+    xte, yte = read(test, side)
+    return Dataset(root.name, str(root), xtr, ytr, xte, yte, classes)
+
+
+def load_digits_fallback(seed: int = 0) -> Dataset:
+    from sklearn.datasets import load_digits  # ships its data inside the wheel: works offline
+
+    d = load_digits()
+    img = torch.from_numpy(d.images.astype(np.float32) / 16.0)[:, None]  # (N,1,8,8) in [0,1]
+    img = F.interpolate(img, size=(32, 32), mode="bilinear", align_corners=False)
+    x = (img.clamp(0, 1) * 255).round().to(torch.uint8).repeat(1, 3, 1, 1).numpy()
+    y = d.target.astype(np.int64)
+    order = np.random.default_rng(seed).permutation(len(y))
+    cut = len(y) // 5
+    te, tr = order[:cut], order[cut:]
+    return Dataset("digits", "scikit-learn load_digits() (bundled with scikit-learn)", x[tr], y[tr], x[te], y[te],
+                   [str(i) for i in range(10)], flip=False,
+                   note="offline fallback: 1,797 real 8x8 handwritten digits upsampled to 32x32 RGB; "
+                        "set --data or $NAS_DATA for CIFAR-10")
+
+
+def load_dataset(spec: Optional[str], seed: int = 0, download: bool = True) -> Dataset:
+    """Resolve ``--data`` (see the module docstring) to an in-memory Dataset."""
+    spec = spec or os.environ.get("NAS_DATA") or None
+    if spec is None:
+        cached = CACHE / "cifar-10-batches-py"
+        if (cached / "test_batch").exists():
+            return load_cifar10(cached, download=False)
+        return load_digits_fallback(seed)
+    if spec.lower() in ("digits", "fallback"):
+        return load_digits_fallback(seed)
+    if spec.lower() in ("cifar10", "cifar-10"):
+        return load_cifar10(CACHE / "cifar-10-batches-py", download=download)
+    p = Path(spec).expanduser()
+    if p.suffix == ".npz":
+        if not p.exists():
+            raise DataError(f"no such file: {p}")
+        return load_npz(p)
+    if p.name == "cifar-10-batches-py" or (p / "data_batch_1").exists():
+        return load_cifar10(p, download=download)
+    if p.is_dir():
+        return load_image_folder(p, seed)
+    raise DataError(f"cannot use --data {spec!r}: not an .npz file, a CIFAR-10 batches folder or an "
+                    f"image folder (or 'cifar10' / 'digits')")
+
+
+# -- splits and batches ------------------------------------------------------------------
+
+def split_validation(n: int, fraction: float, seed: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(train indices, validation indices): a seeded split of the training data."""
+    if not 0 < fraction < 1:
+        raise ValueError("validation fraction must be in (0, 1)")
+    order = np.random.default_rng(seed + 1).permutation(n)
+    cut = max(1, int(round(n * fraction)))
+    return np.sort(order[cut:]), np.sort(order[:cut])
+
+
+@dataclass
+class Batches:
+    """Normalised float batches from uint8 images, optionally augmented (pad-crop, flip)."""
+
+    x: torch.Tensor  # uint8 (N, C, H, W)
+    y: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+    batch_size: int
+    shuffle: bool = False
+    augment: bool = False
+    flip: bool = True
+    seed: int = 0
+    limit: Optional[int] = None  # at most this many batches per pass
+    _epoch: int = field(default=0, init=False)
+
+    def __len__(self) -> int:
+        n = (len(self.y) + self.batch_size - 1) // self.batch_size
+        return min(n, self.limit) if self.limit else n
+
+    def _prep(self, xb: torch.Tensor, g: Optional[torch.Generator]) -> torch.Tensor:
+        x = xb.float().div_(255)
+        if self.augment and g is not None:
+            b, c, h, w = x.shape
+            pad = max(1, h // 8)
+            xp = F.pad(x, (pad, pad, pad, pad))
+            offs = torch.randint(0, 2 * pad + 1, (b, 2), generator=g)
+            x = torch.stack([xp[i, :, o[0]:o[0] + h, o[1]:o[1] + w] for i, o in enumerate(offs.tolist())])
+            if self.flip:
+                flip = torch.rand(b, generator=g) < 0.5
+                x[flip] = x[flip].flip(-1)
+        return (x - self.mean[:, None, None]) / self.std[:, None, None]
+
+    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        g = torch.Generator().manual_seed(self.seed * 1000 + self._epoch)
+        self._epoch += 1
+        idx = torch.randperm(len(self.y), generator=g) if self.shuffle else torch.arange(len(self.y))
+        for k in range(len(self)):
+            sel = idx[k * self.batch_size:(k + 1) * self.batch_size]
+            yield self._prep(self.x[sel], g), self.y[sel]
+
+
+def channel_stats(x: np.ndarray) -> Tuple[torch.Tensor, torch.Tensor]:
+    xf = torch.from_numpy(x).float().div_(255)
+    mean = xf.mean(dim=(0, 2, 3))
+    std = xf.std(dim=(0, 2, 3)).clamp_min(1e-3)
+    return mean, std
+
+
+@dataclass
+class Splits:
+    """Train (supernet weights), validation (architecture ranking), test (final report only)."""
+
+    train: Batches
+    val: Batches
+    test: Batches
+    calib: Batches  # fixed training batches for batch-norm recalibration
+
+    @classmethod
+    def make(cls, ds: Dataset, batch_size: int, val_fraction: float, seed: int,
+             calib_batches: int, eval_batch_size: int = 256) -> "Splits":
+        tr, va = split_validation(len(ds.y_train), val_fraction, seed)
+        cal = np.sort(np.random.default_rng(seed + 7).permutation(tr)[:calib_batches * batch_size])
+        mean, std = channel_stats(ds.x_train[tr])
+        X, Y = torch.from_numpy(ds.x_train), torch.from_numpy(ds.y_train)
+        common = dict(mean=mean, std=std, flip=ds.flip, seed=seed)
+        return cls(
+            train=Batches(X[tr], Y[tr], batch_size=batch_size, shuffle=True, augment=True, **common),
+            val=Batches(X[va], Y[va], batch_size=eval_batch_size, **common),
+            test=Batches(torch.from_numpy(ds.x_test), torch.from_numpy(ds.y_test), batch_size=eval_batch_size, **common),
+            # the same fixed batches for every candidate, so scores compare like with like
+            calib=Batches(X[cal], Y[cal], batch_size=batch_size, **common),
+        )

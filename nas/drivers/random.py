@@ -1,0 +1,21 @@
+"""Uniform random search: the baseline any other driver should beat."""
+from __future__ import annotations
+
+import random
+
+from .base import Driver, OnTrial
+from ..problem import Problem
+
+
+class RandomDriver(Driver):
+    name = "random"
+
+    def __init__(self, **_):
+        pass
+
+    def run(self, problem: Problem, n_trials: int, seed: int, on_trial: OnTrial, start: int = 0) -> None:
+        rng = random.Random(seed)
+        for number in range(n_trials):
+            params = {k: rng.choice(v) for k, v in problem.choices.items()}
+            if number >= start:  # a resumed run replays the same proposals up to where it stopped
+                on_trial(problem.evaluate(params, number))

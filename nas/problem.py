@@ -1,0 +1,112 @@
+"""What a driver sees: flat categorical choices in, one ``TrialRecord`` out.
+
+Costs come first: a candidate over any budget is rejected before the estimator spends anything
+on it.  Scores are cached by architecture hash, so a driver proposing the same architecture
+twice costs nothing the second time.
+"""
+from __future__ import annotations
+
+import math
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from space import SearchSpace
+from space.arch import ArchBase, ArchError
+
+from .budget import Constraint
+
+STATES = ("complete", "over_budget", "failed")
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str  # a TrialRecord metric: val_acc, flops, params, latency_ms
+    maximize: bool
+
+
+@dataclass
+class TrialRecord:
+    number: int
+    params: Dict[str, Any]
+    state: str
+    seconds: float
+    arch: Optional[ArchBase] = None
+    arch_hash: str = ""
+    flops: Optional[int] = None
+    n_params: Optional[int] = None
+    latency_ms: Optional[float] = None
+    val_acc: Optional[float] = None
+    violations: Dict[str, float] = field(default_factory=dict)
+    message: str = ""
+
+    @property
+    def feasible(self) -> bool:
+        return self.state == "complete"
+
+    def metric(self, name: str) -> Optional[float]:
+        return {"val_acc": self.val_acc, "flops": self.flops, "params": self.n_params,
+                "latency_ms": self.latency_ms}[name]
+
+    def values(self, objectives: Sequence[Objective]) -> List[float]:
+        """Objective values for a driver; a rejected candidate gets accuracy 0 (it never ran),
+        its real costs, and a positive constraint violation that tells the sampler why."""
+        out = []
+        for o in objectives:
+            v = self.metric(o.name)
+            out.append(float(v) if v is not None else (0.0 if o.maximize else math.inf))
+        return out
+
+    def to_row(self) -> Dict[str, Any]:
+        return {"trial": self.number, "arch_hash": self.arch_hash, "params": self.n_params,
+                "flops": self.flops, "latency_ms": self.latency_ms, "val_acc": self.val_acc,
+                "state": self.state, "seconds": round(self.seconds, 3), "message": self.message}
+
+    def to_json(self) -> Dict[str, Any]:
+        d = self.to_row()
+        d.update(choices=self.params, violations=self.violations,
+                 arch=self.arch.to_dict() if self.arch is not None else None)
+        return d
+
+    @classmethod
+    def from_json(cls, d: Dict[str, Any]) -> "TrialRecord":
+        arch = ArchBase.from_dict(d["arch"]) if d.get("arch") else None
+        return cls(number=d["trial"], params=d.get("choices", {}), state=d["state"], seconds=d["seconds"],
+                   arch=arch, arch_hash=d.get("arch_hash", ""), flops=d.get("flops"), n_params=d.get("params"),
+                   latency_ms=d.get("latency_ms"), val_acc=d.get("val_acc"),
+                   violations=d.get("violations", {}), message=d.get("message", ""))
+
+
+class Problem:
+    def __init__(self, space: SearchSpace, constraints: Sequence[Constraint],
+                 costs: Callable[[ArchBase], Dict[str, float]], score: Callable[[ArchBase], float],
+                 objectives: Sequence[Objective]):
+        self.space, self.constraints, self.costs, self.score = space, tuple(constraints), costs, score
+        self.objectives = list(objectives)
+        self.choices = space.choices()
+        self._scores: Dict[str, float] = {}
+
+    def evaluate(self, params: Dict[str, Any], number: int) -> TrialRecord:
+        t0 = time.perf_counter()
+        rec = TrialRecord(number=number, params=dict(params), state="failed", seconds=0.0)
+        try:
+            arch = self.space.decode(params)
+            rec.arch, rec.arch_hash = arch, arch.arch_hash
+            c = self.costs(arch)
+            rec.flops, rec.n_params, rec.latency_ms = int(c["flops"]), int(c["params"]), c.get("latency_ms")
+            values = {"flops": rec.flops, "params": rec.n_params, "latency": rec.latency_ms}
+            rec.violations = {k.kind: k.violation(values[k.kind]) for k in self.constraints}
+            if any(v > 0 for v in rec.violations.values()):
+                rec.state = "over_budget"
+            else:
+                if rec.arch_hash not in self._scores:
+                    self._scores[rec.arch_hash] = float(self.score(arch))
+                rec.val_acc = self._scores[rec.arch_hash]
+                rec.state = "complete"
+        except (ArchError, KeyError, ValueError, RuntimeError) as e:
+            rec.message = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+            rec.violations = rec.violations or {k.kind: 0.0 for k in self.constraints}
+            self.last_traceback = traceback.format_exc()
+        rec.seconds = time.perf_counter() - t0
+        return rec

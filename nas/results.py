@@ -1,0 +1,89 @@
+"""The run folder: config.json first, trials appended as they finish (nothing is lost to a crash
+or Ctrl-C), then the front, the exported architectures and the plot."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import subprocess
+import sys
+from datetime import datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Dict, List
+
+from .problem import TrialRecord
+
+TRIAL_COLUMNS = ["trial", "arch_hash", "params", "flops", "latency_ms", "val_acc", "state", "seconds", "message"]
+
+
+def versions() -> Dict[str, str]:
+    out = {"python": sys.version.split()[0], "platform": platform.platform()}
+    for pkg in ("torch", "optuna", "fvcore", "numpy", "pandas", "matplotlib", "scikit-learn", "ray", "nni"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    try:
+        out["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                           cwd=Path(__file__).parent, timeout=5).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        out["git_commit"] = "unknown"
+    return out
+
+
+def device_info() -> Dict[str, Any]:
+    import torch
+
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"device": "cpu", "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "cuda_available": torch.cuda.is_available()}
+
+
+def default_run_dir(space: str, budget_slug: str, root: Path = Path("results")) -> Path:
+    return root / f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{space}-{budget_slug}"
+
+
+class TrialLog:
+    """trials.csv (for people) and trials.jsonl (full records, for resuming and re-export)."""
+
+    def __init__(self, folder: Path):
+        self.csv_path, self.jsonl_path = folder / "trials.csv", folder / "trials.jsonl"
+
+    def load(self) -> List[TrialRecord]:
+        if not self.jsonl_path.exists():
+            return []
+        recs = [TrialRecord.from_json(json.loads(line)) for line in self.jsonl_path.read_text().splitlines() if line.strip()]
+        self._rewrite_csv(recs)  # drop a half-written csv tail left by a crash
+        return recs
+
+    def _rewrite_csv(self, recs: List[TrialRecord]) -> None:
+        with open(self.csv_path, "w", newline="") as f:
+            w = csv.DictWriter(f, TRIAL_COLUMNS)
+            w.writeheader()
+            for r in recs:
+                w.writerow(r.to_row())
+
+    def append(self, rec: TrialRecord) -> None:
+        new = not self.csv_path.exists()
+        with open(self.csv_path, "a", newline="") as f:
+            w = csv.DictWriter(f, TRIAL_COLUMNS)
+            if new:
+                w.writeheader()
+            w.writerow(rec.to_row())
+        with open(self.jsonl_path, "a") as f:
+            f.write(json.dumps(rec.to_json()) + "\n")
+
+
+def write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,262 @@
+"""Wires a SearchConfig to data, space, costs, estimator and driver, and writes the run folder."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+import space as spaces
+from space.registry import UnknownName
+
+from . import drivers
+from .budget import Constraint, parse_budget, slug
+from .costs import CostModel
+from .data import Dataset, Splits, load_dataset
+from .estimators import SupernetEstimator
+from .export import best_record, export, front_records
+from .flops import CONVENTION
+from .plots import plot_pareto
+from .problem import Objective, Problem, TrialRecord
+from .results import TrialLog, default_run_dir, device_info, versions, write_json
+
+log = logging.getLogger(__name__)
+
+
+class RunError(RuntimeError):
+    """A problem with the run's settings or folder, reported in one line."""
+
+
+@dataclass
+class SearchConfig:
+    budget: str = "300MFLOPs"  # limit on the *deployed* network; FLOPs = fvcore multiply-adds
+    space: str = "darts"  # search space (space.SPACES)
+    ops: Optional[List[str]] = None  # candidate ops; None = every registered op the space offers
+    fusions: Optional[List[str]] = None  # combine/merge candidates; None = every registered fusion
+    space_options: Dict[str, Any] = field(default_factory=dict)  # other space settings, e.g. cells=14
+    driver: str = "optuna"  # search backend (nas.drivers)
+    sampler: str = "nsga2"  # Optuna: nsga2 handles several objectives and constraints natively; or tpe
+    population: Optional[int] = None  # NSGA-II population; None = trials/4 within 8..50, so short runs evolve
+    trials: int = 64  # candidates proposed; rejected ones cost milliseconds, scored ones ~a second
+    epochs: int = 6  # supernet epochs: a usable ranking within minutes on a 2-core CPU
+    batch_size: int = 64  # supernet training batch
+    lr: float = 0.05  # SGD with Nesterov momentum, cosine schedule (SPOS-like)
+    weight_decay: float = 3e-4  # DARTS' value
+    val_fraction: float = 0.2  # training data held out to rank candidates (the test split only reports)
+    calib_batches: int = 4  # batches re-estimating batch-norm statistics per candidate (SPOS)
+    data: Optional[str] = None  # nas.data forms; None = $NAS_DATA, cached CIFAR-10 or the bundled fallback
+    out: Optional[str] = None  # run folder; None = results/<timestamp>-<space>-<budget>
+    seed: int = 0  # seeds split, supernet init and training, sampler: same seed, same trials
+    storage: Optional[str] = None  # Optuna storage URL; None = SQLite file in the run folder
+    latency_lut: Optional[str] = None  # latency table; None = a shipped table matching this machine, if any
+    force_lut: bool = False  # use a latency table measured on another device anyway
+    threads: int = 0  # torch intra-op threads; 0 = torch's default
+    resume: bool = False  # continue the run in `out` (same settings) after an interruption
+    progress: bool = True  # progress bars on stderr
+
+
+def _space(cfg: SearchConfig, ds: Dataset):
+    cls = spaces.SPACES[cfg.space]
+    opts = dict(cfg.space_options)
+    if cfg.ops is not None:
+        opts["ops"] = cfg.ops
+    if cfg.fusions is not None:
+        opts["fusions"] = cfg.fusions
+    if getattr(cls, "target_from_data", False):  # CIFAR-style spaces deploy at the data's size
+        opts.setdefault("input_size", ds.input_size)
+        opts.setdefault("num_classes", ds.num_classes)
+    try:
+        return cls(**opts)
+    except TypeError as e:
+        raise RunError(f"bad --space-opt for space {cfg.space!r}: {e}") from None
+
+
+def _latency(cfg: SearchConfig, constraints, sp):
+    wants = cfg.latency_lut is not None or any(c.kind == "latency" for c in constraints)
+    try:
+        from . import latency as lat
+    except ImportError:
+        if wants:
+            raise RunError("latency tables are not available in this installation") from None
+        return None
+    path = cfg.latency_lut or lat.find_shipped_table(sp.name, sp.settings())
+    if path is None:
+        if wants:
+            raise RunError(f"no latency table for space {sp.name!r} on this machine: build one with "
+                           f"`python -m nas.latency build --space {sp.name} --device cpu` and pass --latency-lut")
+        return None
+    try:
+        pred = lat.Predictor.load(path, force=cfg.force_lut)
+        pred.calibrate()
+    except lat.LatencyError as e:
+        if wants:
+            raise RunError(str(e)) from None
+        log.warning("latency not reported: %s", e)
+        return None
+    return pred
+
+
+def _objectives(constraints: List[Constraint], latency) -> List[Objective]:
+    obj = [Objective("val_acc", True), Objective("flops", False)]
+    if any(c.kind == "params" for c in constraints):
+        obj.append(Objective("params", False))
+    if latency is not None:
+        obj.append(Objective("latency_ms", False))
+    return obj
+
+
+def _prepare_folder(cfg: SearchConfig, constraints) -> Path:
+    out = Path(cfg.out) if cfg.out else default_run_dir(cfg.space, slug(constraints))
+    if cfg.resume:
+        if not (out / "config.json").exists():
+            raise RunError(f"--resume: {out} holds no run to resume (no config.json)")
+        old = json.loads((out / "config.json").read_text())["config"]
+        mine = dataclasses.asdict(cfg)
+        diff = [k for k in mine if k not in ("resume", "progress", "trials", "out") and old.get(k) != mine[k]]
+        if diff:
+            raise RunError(f"--resume: settings differ from the run in {out}: {', '.join(diff)}")
+    elif out.exists() and any(out.iterdir()):
+        raise RunError(f"{out} already holds results: choose another --out, or add --resume to continue it")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def run(cfg: SearchConfig) -> Dict[str, Any]:
+    t_start = time.time()
+    try:
+        constraints = list(parse_budget(cfg.budget))
+    except ValueError as e:
+        raise RunError(str(e)) from None
+    if cfg.trials < 1 or cfg.epochs < 0:
+        raise RunError("--trials must be >= 1 and --epochs >= 0")
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    try:
+        ds = load_dataset(cfg.data, seed=cfg.seed)
+        sp = _space(cfg, ds)
+    except (UnknownName, ValueError) as e:
+        raise RunError(str(e)) from None
+    folder = _prepare_folder(cfg, constraints)
+    latency = _latency(cfg, constraints, sp)
+    objectives = _objectives(constraints, latency)
+    storage = cfg.storage or f"sqlite:///{(folder / 'study.db').resolve()}"
+    try:
+        driver = drivers.get(cfg.driver, storage=storage, study_name=folder.name, sampler=cfg.sampler,
+                             population=cfg.population, folder=folder)
+    except (drivers.DriverUnavailable, ValueError) as e:
+        raise RunError(str(e)) from None
+    settings = sp.settings()
+    config = {
+        "config": dataclasses.asdict(cfg),
+        "budget": [dict(kind=c.kind, limit=c.limit, text=c.text, meaning=c.describe()) for c in constraints],
+        "flop_convention": CONVENTION,
+        "deployed_network": {"input_size": settings.get("input_size"), "num_classes": settings.get("num_classes"),
+                             "note": "budgets are counted on this network, batch 1, eval mode"},
+        "estimation_data": {**ds.describe(),
+                            "note": "the supernet is trained and candidates ranked at the data's resolution"},
+        "space": settings,
+        "objectives": [dataclasses.asdict(o) for o in objectives],
+        "driver": driver.describe(),
+        "latency_table": None if latency is None else {"path": str(latency.path), "sha256": latency.content_hash,
+                                                       "meta": latency.meta},
+        "seed": cfg.seed,
+        "device": device_info(),
+        "versions": versions(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+    write_json(folder / "config.json", config)
+    say = print if cfg.progress else (lambda *a, **k: None)
+    say(f"run folder: {folder}")
+    say(f"data: {ds.name} ({ds.source}); {ds.note}".rstrip("; "))
+    say(f"budget: {'; '.join(c.describe() for c in constraints)}")
+
+    phases: Dict[str, float] = {}
+    t0 = time.time()
+    splits = Splits.make(ds, cfg.batch_size, cfg.val_fraction, cfg.seed, cfg.calib_batches)
+    est = SupernetEstimator(sp, splits, ds.num_classes, ds.input_size, cfg.epochs, cfg.lr, cfg.weight_decay,
+                            cfg.seed, checkpoint=folder / "supernet.pt", progress=cfg.progress)
+    est.prepare()
+    phases["supernet_training_s"] = time.time() - t0
+
+    costs = CostModel(latency)
+    problem = Problem(sp, constraints, costs, est.score, objectives)
+    tlog = TrialLog(folder)
+    records: List[TrialRecord] = tlog.load() if cfg.resume else []
+    if cfg.resume:
+        problem._scores.update({r.arch_hash: r.val_acc for r in records if r.val_acc is not None})
+    interrupted = False
+    t0 = time.time()
+    with tqdm(total=cfg.trials, initial=len(records), desc="search", unit="trial", disable=not cfg.progress,
+              dynamic_ncols=True) as bar:
+        def on_trial(rec: TrialRecord) -> None:
+            records.append(rec)
+            tlog.append(rec)
+            if rec.state == "failed":
+                tqdm.write(f"trial {rec.number} failed: {rec.message}")
+            b = best_record(records)
+            bar.update(1)
+            bar.set_postfix(within_budget=sum(r.feasible for r in records),
+                            best_acc=f"{b.val_acc:.3f}" if b else "-")
+
+        try:
+            driver.run(problem, cfg.trials, cfg.seed, on_trial, start=len(records))
+        except KeyboardInterrupt:
+            interrupted = True
+            tqdm.write("interrupted: writing the results of the finished trials ...")
+    phases["search_s"] = time.time() - t0
+
+    t0 = time.time()
+    summary = finalize(folder, records, objectives, constraints, sp, est, costs, ds)
+    phases["export_s"] = time.time() - t0
+    summary.update(phases=phases, interrupted=interrupted, seconds=time.time() - t_start,
+                   counted_parts=costs.counter.traced)
+    write_json(folder / "summary.json", {k: v for k, v in summary.items() if k not in ("front", "best")})
+    return summary
+
+
+def _baselines(sp, est, costs: CostModel) -> pd.DataFrame:
+    """Presets of the space that lie inside its choices, scored the same way, for the plot."""
+    rows = []
+    for name, arch in sp.presets.items():
+        try:
+            params = sp.encode(arch)
+            if any(params[k] not in v for k, v in sp.choices().items()):
+                continue
+            arch = sp.decode(params)
+            c = costs(arch)
+            rows.append({"name": name, "flops": c["flops"], "params": c["params"],
+                         "latency_ms": c.get("latency_ms"), "val_acc": est.score(arch)})
+        except (KeyError, ValueError, NotImplementedError):
+            continue
+    return pd.DataFrame(rows, columns=["name", "flops", "params", "latency_ms", "val_acc"])
+
+
+def finalize(folder: Path, records: List[TrialRecord], objectives, constraints, sp, est, costs: CostModel,
+             ds: Dataset) -> Dict[str, Any]:
+    res = export(folder, records, objectives, test_accuracy=est.test_accuracy)
+    base = _baselines(sp, est, costs)
+    base.to_csv(folder / "baselines.csv", index=False)
+    trials = pd.DataFrame([r.to_row() for r in records],
+                          columns=["trial", "arch_hash", "params", "flops", "latency_ms", "val_acc", "state",
+                                   "seconds", "message"])
+    front = pd.DataFrame([r.to_row() for r in res["front"]], columns=trials.columns)
+    title = (f"{sp.name} space, budget {', '.join(c.text for c in constraints)} "
+             f"(1 FLOP = 1 multiply-add, fvcore) | accuracy: supernet on {ds.name} validation split")
+    plot_pareto(trials, front, constraints, folder / "pareto.png", title, baselines=base)
+    best = res["best"]
+    return {"trials": len(records), "within_budget": sum(r.feasible for r in records),
+            "over_budget": sum(r.state == "over_budget" for r in records),
+            "failed": sum(r.state == "failed" for r in records),
+            "front": res["front"], "best": best,
+            "best_summary": None if best is None else {
+                "trial": best.number, "val_acc": best.val_acc, "test_acc_inherited": res["tests"].get(best.arch_hash),
+                "flops": best.flops, "params": best.n_params, "latency_ms": best.latency_ms},
+            "folder": str(folder)}

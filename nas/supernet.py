@@ -1,0 +1,92 @@
+"""Training a single-path weight-sharing supernet (SPOS: Guo et al., arXiv 1904.00420) and
+scoring candidates with inherited weights.
+
+Each training step samples one architecture uniformly from the space and updates only its
+path.  A candidate is scored after its batch-norm statistics are recalibrated on fixed training
+batches (shared weights were trained under a mixture of paths, so the running statistics fit
+no single path; SPOS does the same).
+"""
+from __future__ import annotations
+
+import math
+import random
+import time
+from typing import Callable, Dict, List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from tqdm.auto import tqdm
+
+from space.ops import aux_loss, set_progress, task_loss
+
+from .data import Batches
+
+
+def train_supernet(net: nn.Module, sample_arch: Callable[[random.Random], object], batches: Batches,
+                   epochs: int, lr: float, weight_decay: float, seed: int, grad_clip: float = 5.0,
+                   progress: bool = True) -> List[Dict[str, float]]:
+    """Uniform single-path training; returns per-epoch mean loss and training accuracy."""
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    total = max(1, epochs * len(batches))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    history: List[Dict[str, float]] = []
+    net.train()
+    step = 0
+    with tqdm(total=total, desc="supernet training", unit="batch", disable=not progress,
+              dynamic_ncols=True, leave=True) as bar:
+        for epoch in range(epochs):
+            t0, loss_sum, correct, seen = time.time(), 0.0, 0, 0
+            for x, y in batches:
+                net.set_active(sample_arch(rng))
+                set_progress(net, step / total)
+                out = net(x)
+                loss = task_loss(net, out, y)
+                extra = aux_loss(net)
+                full = loss + extra if extra is not None else loss
+                opt.zero_grad(set_to_none=True)  # inactive paths keep grad None: SGD skips them
+                full.backward()
+                nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+                opt.step()
+                sched.step()
+                step += 1
+                loss_sum += loss.item() * len(y)
+                correct += (out.argmax(1) == y).sum().item()
+                seen += len(y)
+                bar.update(1)
+                bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{loss_sum / seen:.3f}",
+                                acc=f"{correct / seen:.3f}")
+            history.append({"epoch": epoch + 1, "loss": loss_sum / max(seen, 1),
+                            "train_acc": correct / max(seen, 1), "seconds": time.time() - t0})
+    set_progress(net, 1.0)
+    return history
+
+
+@torch.no_grad()
+def recalibrate_bn(net: nn.Module, batches: Batches) -> None:
+    """Reset batch-norm running statistics and re-estimate them (cumulative average)."""
+    bns = [m for m in net.modules() if isinstance(m, _BatchNorm) and m.track_running_stats]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    net.train()
+    for x, y in batches:
+        task_loss(net, net(x), y)  # consumes per-forward state (GENet member logits)
+    aux_loss(net)  # drop side losses left by training-mode forwards
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    net.eval()
+
+
+@torch.no_grad()
+def accuracy(net: nn.Module, batches: Batches) -> float:
+    net.eval()
+    correct = seen = 0
+    for x, y in batches:
+        correct += (net(x).argmax(1) == y).sum().item()
+        seen += len(y)
+    return correct / max(seen, 1)

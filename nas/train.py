@@ -1,0 +1,107 @@
+"""``python -m nas.train ARCH.json --data ... --epochs N``: train an exported architecture from
+scratch (train-time form: DO-Conv/DEConv over-parameterised), fold it for deployment, and report
+its test accuracy.  This is the number to trust; supernet accuracies only rank candidates."""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+import space
+from space.ops import aux_loss, deploy, set_progress, task_loss
+
+from .cli import OneLineParser
+from .data import DataError, Splits, load_dataset
+from .flops import count, params
+from .supernet import accuracy
+
+
+def train(arch, splits: Splits, epochs: int, lr: float = 0.05, weight_decay: float = 3e-4,
+          drop_path: float = 0.0, seed: int = 0, progress: bool = True) -> Dict[str, object]:
+    torch.manual_seed(seed)
+    net = space.build(arch, deploy=False)
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    total = max(1, epochs * len(splits.train))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    history: List[Dict[str, float]] = []
+    step = 0
+    with tqdm(total=total, desc="training", unit="batch", disable=not progress, dynamic_ncols=True) as bar:
+        for epoch in range(epochs):
+            net.train()
+            if hasattr(net, "drop_path_prob"):  # DARTS ramps drop-path linearly over training
+                net.drop_path_prob = drop_path * epoch / max(1, epochs)
+            loss_sum = seen = 0
+            for x, y in splits.train:
+                set_progress(net, step / total)
+                out = net(x)
+                loss = task_loss(net, out, y)
+                extra = aux_loss(net)
+                full = loss if extra is None else loss + extra
+                opt.zero_grad(set_to_none=True)
+                full.backward()
+                nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+                opt.step()
+                sched.step()
+                step += 1
+                loss_sum += loss.item() * len(y)
+                seen += len(y)
+                bar.update(1)
+                bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{loss_sum / seen:.3f}")
+            history.append({"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "val_acc": accuracy(net, splits.val)})
+    set_progress(net, 1.0)
+    net = deploy(net).eval()
+    return {"net": net, "history": history, "val_acc": accuracy(net, splits.val),
+            "test_acc": accuracy(net, splits.test)}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    p = OneLineParser(prog="python -m nas.train", description=__doc__)
+    p.add_argument("arch", help="architecture JSON (archs/<trial>.json or best.json)")
+    p.add_argument("--data", default=None, help="as search.py --data (default: $NAS_DATA, cached CIFAR-10, or digits)")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=96, help="DARTS' value")
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--weight-decay", type=float, default=3e-4)
+    p.add_argument("--drop-path", type=float, default=0.0, help="DARTS uses 0.2 for 600 epochs")
+    p.add_argument("--val-fraction", type=float, default=0.1)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="write the result JSON (and weights .pt) here")
+    p.add_argument("--quiet", action="store_true")
+    a = p.parse_args(argv)
+    try:
+        arch = space.load_arch(a.arch)
+        ds = load_dataset(a.data, seed=a.seed)
+    except (space.ArchError, DataError, space.UnknownName) as e:
+        print(f"{p.prog}: error: {e}", file=sys.stderr)
+        return 2
+    if tuple(ds.input_size) != tuple(arch.input_size):
+        print(f"note: the architecture was counted at {tuple(arch.input_size)}; training and testing at the "
+              f"data's {tuple(ds.input_size)}", file=sys.stderr)
+    splits = Splits.make(ds, a.batch_size, a.val_fraction, a.seed, calib_batches=1)
+    t0 = time.time()
+    res = train(arch, splits, a.epochs, a.lr, a.weight_decay, a.drop_path, a.seed, progress=not a.quiet)
+    net = res["net"]
+    out = {"arch_file": a.arch, "arch_hash": arch.arch_hash, "data": ds.describe(), "epochs": a.epochs,
+           "test_acc": res["test_acc"], "val_acc": res["val_acc"], "params": params(net),
+           "flops": count(net, [(1, *arch.input_size)]), "seconds": round(time.time() - t0, 1),
+           "history": res["history"], "seed": a.seed}
+    if a.out:
+        path = Path(a.out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(out, indent=2) + "\n")
+        torch.save(net.state_dict(), path.with_suffix(".pt"))
+    print(f"test accuracy: {res['test_acc']:.4f} ({ds.name}, {len(ds.y_test)} test images, {a.epochs} epochs); "
+          f"val {res['val_acc']:.4f}; {out['params']:,} params, {out['flops']:,} FLOPs (multiply-adds)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

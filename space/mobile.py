@@ -1,0 +1,841 @@
+"""The ``mobile`` search space: MobileNetV2 / MobileNeXt-like chains of mobile blocks.
+
+References: MobileNetV2 (Sandler et al., arXiv 1801.04381; structure as torchvision's
+``mobilenet_v2``) and MobileNeXt (Zhou et al., arXiv 2007.02269; ``mnext.py`` of
+zhoudaquan/rethinking_bottleneck_design).  Both presets are rebuilt exactly:
+``mobilenet_v2`` (1.0: 3,504,872 params, fvcore 314,193,216 at 1x3x224x224) and ``mobilenext``
+(1.0: 3,535,416 params, fvcore 327,532,192).
+
+Network: stem (3x3 conv stride 2 -> BN -> ReLU6), stages of blocks (the first block of a stage
+strides and changes width), then a head from ``HEADS`` (``plain``: [1x1 conv -> BN -> ReLU6]
+-> pool -> dropout 0.2 -> linear; ``genet``: GENet's group-ensemble head, space/ops/genet.py).
+A block is
+  * ``ir``, the inverted residual (torchvision): [1x1 expand -> BN -> ReLU6] -> dw k x k
+    (stride) -> BN -> ReLU6 -> **attention** -> 1x1 project -> BN; hidden = round(cin * t);
+    residual when stride 1 and cin == cout;
+  * ``sg``, the sandglass block (space/ops/sandglass.py; t is a reduction ratio), in the form
+    the official code picks -> **attention** -> residual when the official block has its
+    identity shortcut (MXNet's keep_3x3 rule: first block of a one-block stride-1 stage).
+The depthwise convs of both are ``DW_CONVS[conv]``.  The attention plug-in sits where a block's
+features are richest: on the expanded features after the depthwise conv in ``ir`` (where
+MobileNetV3/MnasNet put SE), on the high-dimensional output end in ``sg`` (before the shortcut,
+where the block's identity path lives).  A residual block merges its shortcut with
+``FUSIONS[fusion](cout)(block_output, shortcut)`` (``sum`` = the plain add); blocks without a
+residual ignore the fusion choice.
+
+Layers the space builds (stem, 1x1 convs, plain depthwise convs, BN, classifiers) are
+initialised as torchvision's MobileNetV2 and MXNet (same rule); registered plug-ins (attention,
+fusion, non-plain conv variants) keep their own initialisation.
+
+Stateful attention (registry meta ``state=``, e.g. DCANet's ``dca_se``) chains along a stage:
+the state is cleared at every forward and every stage start; inside a stage an attention
+continues the chain of the previous attention of the same state name only when both run at
+the same width, otherwise it drops the state and starts a new chain (DCANet's ``att_fc``
+projection between widths is not assumed of the op; in ``sg``-only stages all attentions run
+at the stage width, so the chain runs through the whole stage).
+
+Search (``MobileSpace``): a base (``mobilenetv2`` or ``mobilenext``) fixes the stem, the first
+stage (the published first block: IR t=1 / SG t=2), the stage strides and base widths, and the
+head width.  Per searched stage: width multiplier (percent, from a short list; widths rounded
+to 8 as both references do) and depth; per block slot: type, kernel, expansion (IR expansion /
+SG reduction), conv variant, attention ("none" or any ATTENTIONS name), fusion; one head
+choice.  ``decode`` canonicalises choices a block ignores (fusion without residual, kernel and
+conv of a 1x1-only sandglass) to the first option, so equal networks get equal archs.
+
+Parts (cost units, see nas/flops.py ``PartCounter``): stem; ``ir`` = expand+dw part, attention
+part, project part, fusion part; ``sg`` = conv part, attention part, fusion part; head.  The
+network and the parts are built from one ``plan``.
+
+Supernet (SPOS): one ``SuperBlock`` per block slot (max depth), holding one depthwise
+candidate per (kernel, conv variant) and position, one attention per name and position, one
+fusion per name; the 1x1 convs are shared across kernels/variants.  Width multipliers,
+expansions and bottleneck widths share weights by channel masking: every tensor is allocated
+at the widest option and channels beyond the active width are zeroed (OFA's leading-channel
+sharing, done with masks so any registered module works unchanged; attention and fusion
+modules run at the allocated width and see the masked channels as zeros).  Widths are
+``supernet_width`` percent of the deployed ones (at least 8 active / 16 allocated channels).
+It runs at the data's resolution: stride-2 layers are turned into stride 1 from the stem on
+until the last stage keeps at least ``supernet_min_resolution`` (4) pixels (32x32 CIFAR: the
+stem and the first stride-2 stage run at stride 1, stages end at 4x4).  Block forms and
+residuals follow the deployed arch (its strides), so a block keeps its deployed structure.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar, Dict, Iterator, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+from .arch import ArchBase, ArchError
+from .base import Part, SearchSpace, part_key
+from .choice import Choice
+from .ops import deploy as deploy_ops
+from .ops.base import WithState, link_state, stateful_key
+from .ops.common import dw_kernel
+from .ops.genet import HEADS, conv1x1_bn_act
+from .ops.sandglass import SandglassConv, dw_bn, make_divisible, mobile_init, sandglass_form, sandglass_hidden
+from .registries import ATTENTIONS, DW_CONVS, FUSIONS, SPACES
+
+BLOCK_TYPES = ("ir", "sg")
+STEM_STRIDE = 2
+
+
+@dataclass(frozen=True)
+class Block:
+    type: str = "ir"  # "ir" (inverted residual) or "sg" (sandglass)
+    kernel: int = 3  # depthwise kernel size
+    expand: int = 6  # IR expansion ratio / SG reduction ratio
+    conv: str = "plain"  # DW_CONVS name
+    attention: str = "none"  # "none" or an ATTENTIONS name
+    fusion: str = "sum"  # FUSIONS name, used where the block has a residual
+
+
+@dataclass(frozen=True)
+class Stage:
+    width: int  # output channels of every block of the stage
+    stride: int  # stride of the first block
+    blocks: Tuple[Block, ...]
+
+
+@dataclass(frozen=True)
+class MobileArch(ArchBase):
+    space: ClassVar[str] = "mobile"
+    stages: Tuple[Stage, ...]
+    stem: int = 32
+    head_channels: int = 1280  # 1x1 conv before pooling; 0: none (MobileNeXt)
+    head: str = "plain"  # HEADS name
+    head_groups: int = 1  # GENet members (1 for the plain head)
+    input_size: Tuple[int, int, int] = (3, 224, 224)
+    num_classes: int = 1000
+
+    def validate(self) -> None:
+        if len(self.input_size) != 3 or min(self.input_size) < 1:
+            raise ArchError(f"input_size must be (C, H, W), got {self.input_size}")
+        if self.num_classes < 1 or self.stem < 1 or self.head_channels < 0:
+            raise ArchError("num_classes >= 1, stem >= 1 and head_channels >= 0 are required")
+        if not self.stages:
+            raise ArchError("a mobile network needs at least one stage")
+        for si, st in enumerate(self.stages):
+            where = f"stage {si}"
+            if st.width < 1 or st.stride not in (1, 2) or not st.blocks:
+                raise ArchError(f"{where}: width >= 1, stride 1 or 2 and at least one block are required")
+            for bi, b in enumerate(st.blocks):
+                where = f"stage {si} block {bi}"
+                if b.type not in BLOCK_TYPES:
+                    raise ArchError(f"{where}: block type {b.type!r} is not one of {BLOCK_TYPES}")
+                if b.kernel < 1 or b.kernel % 2 == 0 or b.expand < 1:
+                    raise ArchError(f"{where}: kernel must be odd and expand >= 1 (got {b.kernel}, {b.expand})")
+                if b.conv not in DW_CONVS:
+                    raise ArchError(f"{where}: {DW_CONVS.unknown_message(b.conv)}")
+                if b.attention != "none" and b.attention not in ATTENTIONS:
+                    raise ArchError(f"{where}: {ATTENTIONS.unknown_message(b.attention)}")
+                if b.fusion not in FUSIONS:
+                    raise ArchError(f"{where}: {FUSIONS.unknown_message(b.fusion)}")
+        if self.head not in HEADS:
+            raise ArchError(HEADS.unknown_message(self.head))
+        width = self.head_channels or self.stages[-1].width
+        if self.head == "genet":
+            if self.head_groups < 2 or width % self.head_groups:
+                raise ArchError(f"the genet head needs >= 2 groups dividing its width {width}, "
+                                f"got {self.head_groups}")
+        elif self.head_groups != 1:
+            raise ArchError(f"head {self.head!r} has one group, got head_groups={self.head_groups}")
+
+
+# -- presets ----------------------------------------------------------------------------
+
+def _stage(width: int, stride: int, n: int, block: Block) -> Stage:
+    return Stage(width, stride, (block,) * n)
+
+
+_IR6, _SG6 = Block("ir", 3, 6), Block("sg", 3, 6)
+MOBILENET_V2 = MobileArch(  # torchvision mobilenet_v2(width_mult=1.0)
+    stages=(_stage(16, 1, 1, Block("ir", 3, 1)), _stage(24, 2, 2, _IR6), _stage(32, 2, 3, _IR6),
+            _stage(64, 2, 4, _IR6), _stage(96, 1, 3, _IR6), _stage(160, 2, 3, _IR6),
+            _stage(320, 1, 1, _IR6)),
+    stem=32, head_channels=1280)
+MOBILENEXT = MobileArch(  # mnext(width_mult=1.0)
+    stages=(_stage(96, 2, 1, Block("sg", 3, 2)), _stage(144, 1, 1, _SG6), _stage(192, 2, 3, _SG6),
+            _stage(288, 2, 3, _SG6), _stage(384, 1, 4, _SG6), _stage(576, 2, 4, _SG6),
+            _stage(960, 1, 3, _SG6), _stage(1280, 1, 1, _SG6)),
+    stem=32, head_channels=0)
+
+
+@dataclass(frozen=True)
+class Base:
+    """A published network whose stem, first stage, stage strides and head width the space
+    keeps; ``stages`` gives (width, depth, stride) of the stages it searches."""
+
+    preset: MobileArch
+
+    @property
+    def stages(self) -> List[Tuple[int, int, int]]:
+        return [(st.width, len(st.blocks), st.stride) for st in self.preset.stages[1:]]
+
+
+BASES: Dict[str, Base] = {"mobilenetv2": Base(MOBILENET_V2), "mobilenext": Base(MOBILENEXT)}
+
+
+# -- the plan both the network and its parts follow --------------------------------------
+
+@dataclass(frozen=True)
+class BlockPlan:
+    stage: int
+    index: int
+    block: Block
+    cin: int
+    cout: int
+    stride: int
+    hw_in: Tuple[int, int]
+    hw_out: Tuple[int, int]
+    hidden: int
+    form: str  # "ir" or a sandglass form ("full", "pw_dw", "pw")
+    residual: bool
+    keep_3x3: bool = False
+    att_c: int = 0  # width the attention runs at
+    state_key: Optional[str] = None  # network-state name of a stateful attention
+    att_prev: bool = False  # it continues a chain (the state holds its predecessor's value)
+    restart: bool = False  # it must drop a predecessor's state of another width first
+
+
+@dataclass(frozen=True)
+class Plan:
+    stem: int
+    stem_hw: Tuple[int, int]  # stem output resolution
+    blocks: Tuple[BlockPlan, ...]
+    c_last: int
+    hw_last: Tuple[int, int]
+
+
+def _down(hw: Tuple[int, int], s: int) -> Tuple[int, int]:
+    return ((hw[0] + s - 1) // s, (hw[1] + s - 1) // s)
+
+
+def block_plan(stage: int, index: int, block: Block, cin: int, cout: int, stride: int,
+               hw_in: Tuple[int, int], keep_3x3: bool) -> BlockPlan:
+    """Shape decisions of one block (without its attention chain)."""
+    if block.type == "ir":
+        hidden = int(round(cin * block.expand))
+        form, residual, att_c = "ir", stride == 1 and cin == cout, hidden
+    else:
+        hidden = sandglass_hidden(cin, cout, block.expand)
+        form, residual = sandglass_form(cin, cout, stride, block.expand, keep_3x3)
+        att_c = cout
+    key = stateful_key(ATTENTIONS.meta(block.attention)) if block.attention != "none" else None
+    return BlockPlan(stage, index, block, cin, cout, stride, hw_in, _down(hw_in, stride), hidden,
+                     form, residual, keep_3x3, att_c, key)
+
+
+def plan(arch: MobileArch) -> Plan:
+    _, h, w = arch.input_size
+    hw = _down((h, w), STEM_STRIDE)
+    stem_hw, cin, out = hw, arch.stem, []
+    for si, st in enumerate(arch.stages):
+        chain: Dict[str, int] = {}  # state name -> width of its last writer in this stage
+        for bi, b in enumerate(st.blocks):
+            keep = bi == 0 and len(st.blocks) == 1 and st.stride == 1  # MXNet's keep_3x3
+            p = block_plan(si, bi, b, cin, st.width, st.stride if bi == 0 else 1, hw, keep)
+            if p.state_key is not None:
+                prev = chain.get(p.state_key) == p.att_c
+                p = replace(p, att_prev=prev, restart=p.state_key in chain and not prev)
+                chain[p.state_key] = p.att_c
+            out.append(p)
+            cin, hw = st.width, p.hw_out
+    return Plan(arch.stem, stem_hw, tuple(out), cin, hw)
+
+
+# -- modules -------------------------------------------------------------------------------
+
+def make_stem(c_in: int, c_out: int, stride: int = STEM_STRIDE) -> nn.Sequential:
+    m = nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU6())
+    mobile_init(m)
+    return m
+
+
+def ir_pre(cin: int, hidden: int, kernel: int, stride: int, conv: str, expand: bool) -> nn.Sequential:
+    """Inverted residual up to the attention point: [1x1 expand] -> dw -> BN -> ReLU6."""
+    layers: List[nn.Module] = [conv1x1_bn_act(cin, hidden)] if expand else []
+    layers.append(dw_bn(hidden, kernel, stride, conv, act=True))
+    return nn.Sequential(*layers)
+
+
+def ir_post(hidden: int, cout: int) -> nn.Sequential:
+    m = nn.Sequential(nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout))
+    mobile_init(m)
+    return m
+
+
+def _pre(p: BlockPlan) -> nn.Module:
+    b = p.block
+    if p.form == "ir":
+        return ir_pre(p.cin, p.hidden, b.kernel, p.stride, b.conv, b.expand != 1)
+    return SandglassConv(p.cin, p.cout, p.stride, p.hidden, p.form, b.kernel, b.conv)
+
+
+def _post(p: BlockPlan) -> nn.Module:
+    return ir_post(p.hidden, p.cout) if p.form == "ir" else nn.Identity()
+
+
+def _attention(p: BlockPlan) -> nn.Module:
+    return nn.Identity() if p.block.attention == "none" else ATTENTIONS[p.block.attention](p.att_c)
+
+
+def _head(arch: MobileArch, c_last: int) -> nn.Module:
+    kw = {"groups": arch.head_groups} if arch.head == "genet" else {}
+    return HEADS[arch.head](c_last, arch.num_classes, arch.head_channels, **kw)
+
+
+class MobileBlock(nn.Module):
+    """One block as its parts: pre conv -> attention -> post conv -> fusion with the shortcut."""
+
+    def __init__(self, p: BlockPlan):
+        super().__init__()
+        self.pre, self.attention, self.post = _pre(p), _attention(p), _post(p)
+        self.fusion = FUSIONS[p.block.fusion](p.cout) if p.residual else None
+        self.restart_key = p.state_key if p.restart else None
+        self._state: Optional[dict] = None
+
+    def use_network_state(self, state: dict) -> None:
+        self._state = state
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.pre(x)
+        if self.restart_key is not None and self._state is not None:
+            self._state.pop(self.restart_key, None)
+        y = self.post(self.attention(y))
+        return self.fusion(y, x) if self.fusion is not None else y
+
+
+class MobileNetwork(nn.Module):
+    def __init__(self, arch: MobileArch):
+        super().__init__()
+        pl = plan(arch)
+        self.stem = make_stem(arch.input_size[0], arch.stem)
+        self.blocks = nn.ModuleList(MobileBlock(p) for p in pl.blocks)
+        self.stage_starts = [p.index == 0 for p in pl.blocks]
+        self.head = _head(arch, pl.c_last)
+        self.state = link_state(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.state.clear()
+        x = self.stem(x)
+        for block, start in zip(self.blocks, self.stage_starts):
+            if start:
+                self.state.clear()  # a new stage starts a new attention chain
+            x = block(x)
+        return self.head(x)
+
+
+def build(arch: MobileArch, deploy: bool = True) -> nn.Module:
+    """The stand-alone network; ``deploy`` folds train-time ops (what the budget counts)."""
+    arch.validate()
+    net = MobileNetwork(arch)
+    if deploy:
+        net = deploy_ops(net)
+        net.state = link_state(net)  # an op swapped by deploy must share the state too
+    return net
+
+
+# -- parts -----------------------------------------------------------------------------------
+
+def _deployed(make):
+    def f() -> nn.Module:
+        return deploy_ops(make()).eval()
+    return f
+
+
+def _hw(hw: Tuple[int, int]) -> str:
+    return f"{hw[0]}x{hw[1]}"
+
+
+def block_parts(p: BlockPlan) -> List[Part]:
+    """The parts of one block, in execution order."""
+    b, out = p.block, []
+    if p.form == "ir":
+        out.append(Part(part_key("ir_expand_dw", cin=p.cin, hidden=p.hidden, expand=int(b.expand != 1),
+                                 k=b.kernel, s=p.stride, conv=b.conv, hw=_hw(p.hw_in)),
+                        "ir_expand_dw", ((1, p.cin, *p.hw_in),), _deployed(lambda: _pre(p))))
+    else:
+        dw = p.form != "pw"  # kernel and conv variant only matter where there is a dw conv
+        out.append(Part(part_key("sg_conv", cin=p.cin, cout=p.cout, hidden=p.hidden, form=p.form,
+                                 k=b.kernel if dw else "-", conv=b.conv if dw else "-", s=p.stride,
+                                 hw=_hw(p.hw_in)),
+                        "sg_conv", ((1, p.cin, *p.hw_in),), _deployed(lambda: _pre(p))))
+    if b.attention != "none":
+        fields = dict(name=b.attention, c=p.att_c, hw=_hw(p.hw_out))
+        shape = ((1, p.att_c, *p.hw_out),)
+        if p.state_key is None:
+            out.append(Part(part_key("attention", **fields), f"attention:{b.attention}", shape,
+                            _deployed(lambda: _attention(p))))
+        else:
+            out.append(Part(part_key("attention", **fields, prev=int(p.att_prev)), f"attention:{b.attention}",
+                            shape, _deployed(lambda: WithState(_attention(p), p.att_prev))))
+    if p.form == "ir":
+        out.append(Part(part_key("ir_project", hidden=p.hidden, cout=p.cout, hw=_hw(p.hw_out)), "ir_project",
+                        ((1, p.hidden, *p.hw_out),), _deployed(lambda: _post(p))))
+    if p.residual:
+        shape = (1, p.cout, *p.hw_out)
+        out.append(Part(part_key("fusion", name=b.fusion, c=p.cout, hw=_hw(p.hw_out)), f"fusion:{b.fusion}",
+                        (shape, shape), _deployed(lambda: FUSIONS[b.fusion](p.cout))))
+    return out
+
+
+def _stem_part(c_in: int, c: int, hw_in: Tuple[int, int]) -> Part:
+    return Part(part_key("mobile_stem", cin=c_in, cout=c, hw=_hw(hw_in)), "stem", ((1, c_in, *hw_in),),
+                _deployed(lambda: make_stem(c_in, c)))
+
+
+def _head_part(arch: MobileArch, c_last: int, hw: Tuple[int, int]) -> Part:
+    key = part_key("mobile_head", name=arch.head, cin=c_last, mid=arch.head_channels,
+                   classes=arch.num_classes, groups=arch.head_groups, hw=_hw(hw))
+    return Part(key, f"head:{arch.head}", ((1, c_last, *hw),), _deployed(lambda: _head(arch, c_last)))
+
+
+def parts(arch: MobileArch) -> List[Part]:
+    """The deployed network as Parts, in execution order (costs add up exactly)."""
+    arch.validate()
+    pl = plan(arch)
+    out = [_stem_part(arch.input_size[0], arch.stem, tuple(arch.input_size[1:]))]
+    for p in pl.blocks:
+        out += block_parts(p)
+    out.append(_head_part(arch, pl.c_last, pl.hw_last))
+    return out
+
+
+# -- supernet ------------------------------------------------------------------------------
+
+def _fit(x: torch.Tensor, C: int) -> torch.Tensor:
+    """x with C channels: extra ones cut, missing ones zero."""
+    c = x.shape[1]
+    if c == C:
+        return x
+    if c > C:
+        return x[:, :C]
+    return torch.cat([x, x.new_zeros(x.shape[0], C - c, *x.shape[2:])], dim=1)
+
+
+def _mask(x: torch.Tensor, n: int) -> torch.Tensor:
+    """Zero every channel from n on (the inactive part of an allocated width)."""
+    if n >= x.shape[1]:
+        return x
+    return torch.cat([x[:, :n], x.new_zeros(x.shape[0], x.shape[1] - n, *x.shape[2:])], dim=1)
+
+
+@dataclass(frozen=True)
+class SlotOptions:
+    """What one supernet block slot must be able to run."""
+
+    types: Tuple[str, ...]
+    kernels: Tuple[int, ...]
+    expansions: Tuple[int, ...]
+    convs: Tuple[str, ...]
+    attentions: Tuple[str, ...]
+    fusions: Tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class _Active:
+    p: BlockPlan
+    cin: int
+    cout: int
+    hidden: int
+    restart: Optional[str]
+
+
+class SuperBlock(nn.Module):
+    """All candidates of one block slot at allocated widths; ``set`` picks the active path."""
+
+    def __init__(self, cin: int, cout: int, stride: int, opts: SlotOptions, ir_hidden: int, sg_hidden: int):
+        super().__init__()
+        self.cin, self.cout, self.ir_hidden, self.sg_hidden = cin, cout, ir_hidden, sg_hidden
+        dws = list(dict.fromkeys((dw_kernel(c, k), c) for k in opts.kernels for c in opts.convs))
+
+        def atts(C: int) -> Choice:
+            return Choice.of(opts.attentions, lambda n: nn.Identity() if n == "none" else ATTENTIONS[n](C))
+
+        if "ir" in opts.types:
+            if any(t != 1 for t in opts.expansions):
+                self.ir_expand = conv1x1_bn_act(cin, ir_hidden)
+            self.ir_dw = Choice({f"k{k}_{c}": dw_bn(ir_hidden, k, stride, c, act=True) for k, c in dws})
+            self.ir_att = atts(ir_hidden)
+            self.ir_project = ir_post(ir_hidden, cout)
+        if "sg" in opts.types:
+            self.sg_dw1 = Choice({f"k{k}_{c}": dw_bn(cin, k, 1, c, act=True) for k, c in dws})
+            self.sg_reduce = ir_post(cin, sg_hidden)  # the same linear 1x1 conv -> BN
+            self.sg_expand = conv1x1_bn_act(sg_hidden, cout)
+            self.sg_dw2 = Choice({f"k{k}_{c}": dw_bn(cout, k, stride, c) for k, c in dws})
+            self.sg_att = atts(cout)
+        self.fusion = Choice.of(opts.fusions, lambda n: FUSIONS[n](cout))
+        self.active: Optional[_Active] = None
+        self._state: Optional[dict] = None
+
+    def use_network_state(self, state: dict) -> None:
+        self._state = state
+
+    def set(self, a: _Active) -> None:
+        b = a.p.block
+        dw = f"k{b.kernel}_{b.conv}"
+        if b.type == "ir":
+            self.ir_dw.set(dw)
+            self.ir_att.set(b.attention)
+        else:
+            if a.p.form != "pw":
+                self.sg_dw2.set(dw)
+            if a.p.form == "full":
+                self.sg_dw1.set(dw)
+            self.sg_att.set(b.attention)
+        if a.p.residual:
+            self.fusion.set(b.fusion)
+        self.active = a
+
+    def _restart(self) -> None:
+        if self.active.restart is not None and self._state is not None:
+            self._state.pop(self.active.restart, None)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.active
+        p = a.p
+        if p.form == "ir":
+            h = self.ir_expand(x) if p.block.expand != 1 else _fit(x, self.ir_hidden)
+            h = _mask(self.ir_dw(_mask(h, a.hidden)), a.hidden)
+            self._restart()
+            y = self.ir_project(_mask(self.ir_att(h), a.hidden))
+        else:
+            h = _mask(self.sg_dw1(x), a.cin) if p.form == "full" else x
+            h = _mask(self.sg_expand(_mask(self.sg_reduce(h), a.hidden)), a.cout)
+            if p.form != "pw":
+                h = _mask(self.sg_dw2(h), a.cout)
+            self._restart()
+            y = self.sg_att(h)
+        y = _mask(y, a.cout)
+        if p.residual:
+            y = _mask(self.fusion(y, _fit(x, self.cout)), a.cout)
+        return y
+
+
+def _scaled(width: int, percent: int) -> int:
+    return max(8, make_divisible(width * percent / 100.0, 8))
+
+
+def supernet_strides(strides: Sequence[int], hw: Tuple[int, int], min_res: int) -> List[int]:
+    """``strides`` (stem first) with the earliest stride-2 layers set to 1 until the output
+    keeps at least ``min_res`` pixels per side."""
+    out = list(strides)
+    for i, s in enumerate(out):
+        if math.ceil(min(hw) / math.prod(out)) >= min_res:
+            break
+        if s == 2:
+            out[i] = 1
+    return out
+
+
+class MobileSupernet(nn.Module):
+    def __init__(self, space: "MobileSpace", num_classes: int, input_size: Sequence[int]):
+        super().__init__()
+        c_in, h, w = input_size
+        base = BASES[space.base].preset
+        self.percent = space.supernet_width
+        strides = supernet_strides([STEM_STRIDE] + [st.stride for st in base.stages], (h, w),
+                                   space.supernet_min_resolution)
+        self.deployed_strides = [st.stride for st in base.stages]
+        self.stem_active = _scaled(base.stem, self.percent)
+        self.stem = make_stem(c_in, max(16, self.stem_active), strides[0])
+        # allocated width per stage: the widest option, scaled
+        stage_opts = [[st.width] for st in base.stages[:1]] + [
+            [space.width(c, m) for m in space.width_mults] for c, _, _ in BASES[space.base].stages]
+        # searched stages get at least 16 channels: attention plug-ins divide channels by 16
+        alloc = [max(16 if si else 8, max(_scaled(c, self.percent) for c in opts))
+                 for si, opts in enumerate(stage_opts)]
+        first = base.stages[0].blocks[0]
+        fixed = SlotOptions((first.type,), (first.kernel,), (first.expand,), (first.conv,), ("none",),
+                            tuple(space.fusions))
+        searched = SlotOptions(tuple(space.block_types), tuple(space.kernels), tuple(space.expansions),
+                               tuple(space.convs), tuple(space.attentions), tuple(space.fusions))
+        self.stages = nn.ModuleList()
+        cin_alloc, cin_opts = max(16, self.stem_active), [base.stem]
+        for si, st in enumerate(base.stages):
+            opts = fixed if si == 0 else searched
+            depth = len(st.blocks) if si == 0 else max(space.depths)
+            slots = nn.ModuleList()
+            for bi in range(depth):
+                ci, co = (cin_alloc, cin_opts) if bi == 0 else (alloc[si], stage_opts[si])
+                sg_hidden = max(sandglass_hidden(_scaled(a, self.percent), _scaled(b, self.percent), t)
+                                for a in co for b in stage_opts[si] for t in opts.expansions)
+                slots.append(SuperBlock(ci, alloc[si], strides[si + 1] if bi == 0 else 1, opts,
+                                        ci * max(opts.expansions), max(16, sg_hidden)))
+            self.stages.append(slots)
+            cin_alloc, cin_opts = alloc[si], stage_opts[si]
+        mid = _scaled(base.head_channels, self.percent) if base.head_channels else 0
+        kw = {"genet": {"groups": space.genet_groups}}
+        self.head = Choice.of(space.heads, lambda n: HEADS[n](alloc[-1], num_classes, mid, **kw.get(n, {})))
+        self.depths = [len(s) for s in self.stages]
+        self.state = link_state(self)
+        self.set_active(space.decode({k: v[0] for k, v in space.choices().items()}))
+
+    def set_active(self, arch: MobileArch) -> None:
+        if len(arch.stages) != len(self.stages):
+            raise ValueError(f"the supernet holds {len(self.stages)} stages, the arch has {len(arch.stages)}")
+        pl = plan(arch)
+        depths = [len(st.blocks) for st in arch.stages]
+        if any(d > len(s) for d, s in zip(depths, self.stages)):
+            raise ValueError(f"stage depths {depths} exceed the supernet's {[len(s) for s in self.stages]}")
+        if [st.stride for st in arch.stages] != self.deployed_strides:
+            raise ValueError(f"stage strides {[st.stride for st in arch.stages]} differ from the supernet's "
+                             f"base {self.deployed_strides}")
+        cin = min(_scaled(arch.stem, self.percent), self.stem[0].out_channels)
+        chain: Dict[str, int] = {}
+        for p in pl.blocks:
+            slot: SuperBlock = self.stages[p.stage][p.index]
+            if p.index == 0:
+                chain = {}
+            cout = min(_scaled(p.cout, self.percent), slot.cout)
+            if p.form == "ir":
+                hidden, att_alloc = min(int(round(cin * p.block.expand)), slot.ir_hidden), slot.ir_hidden
+            else:
+                hidden, att_alloc = min(sandglass_hidden(cin, cout, p.block.expand), slot.sg_hidden), slot.cout
+            restart = None
+            if p.state_key is not None:  # also restart where allocated widths differ
+                if p.restart or (p.att_prev and chain.get(p.state_key) != att_alloc):
+                    restart = p.state_key
+                chain[p.state_key] = att_alloc
+            slot.set(_Active(p, cin, cout, hidden, restart))
+            cin = cout
+        self.stem_active = min(_scaled(arch.stem, self.percent), self.stem[0].out_channels)
+        self.depths = depths
+        self.head.set(arch.head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.state.clear()
+        x = _mask(self.stem(x), self.stem_active)
+        for stage, depth in zip(self.stages, self.depths):
+            self.state.clear()
+            for slot in stage[:depth]:
+                x = slot(x)
+        return self.head(x)
+
+
+# -- the space -----------------------------------------------------------------------------
+
+def default_convs() -> List[str]:
+    return DW_CONVS.names(exclude={"not_default"})
+
+
+def default_attentions() -> List[str]:
+    return ["none"] + ATTENTIONS.names(exclude={"not_default"})
+
+
+def default_fusions() -> List[str]:
+    names = FUSIONS.names(exclude={"not_default"})
+    return ["sum"] + [n for n in names if n != "sum"]
+
+
+def _check_list(name: str, values: Sequence[Any]) -> List[Any]:
+    values = list(values)
+    if not values or len(set(values)) != len(values):
+        raise ValueError(f"{name} must be a non-empty list without repeats, got {values}")
+    return values
+
+
+@SPACES.register("mobile")
+class MobileSpace(SearchSpace):
+    """Settings (defaults): base "mobilenetv2" | "mobilenext"; block_types (("ir", "sg") on the
+    mobilenetv2 base; ("sg",) on mobilenext, whose 960-1600-channel stages would make an
+    expanded IR block 5-30x the cost of a sandglass one: pass ("sg", "ir") to offer it);
+    kernels (3, 5, 7); expansions (3, 6) (IR expansion / SG reduction); width_mults
+    (75, 100, 125) percent of the base widths; depths (1, 2, 3, 4) per searched stage; convs
+    (every DW_CONVS name), attentions ("none" + every ATTENTIONS name), fusions ("sum" + every
+    FUSIONS name); heads ("plain", "genet"); genet_groups 4; input_size (3, 224, 224);
+    num_classes 1000; supernet_width 35 (percent of the deployed widths);
+    supernet_min_resolution 4 (pixels per side of the supernet's last stage)."""
+
+    name = "mobile"
+    arch_cls = MobileArch
+    presets = {"mobilenet_v2": MOBILENET_V2, "mobilenext": MOBILENEXT}
+    build = staticmethod(build)
+    parts = staticmethod(parts)
+
+    def __init__(self, base: str = "mobilenetv2", block_types: Optional[Sequence[str]] = None,
+                 kernels: Sequence[int] = (3, 5, 7), expansions: Sequence[int] = (3, 6),
+                 width_mults: Sequence[int] = (75, 100, 125), depths: Sequence[int] = (1, 2, 3, 4),
+                 convs: Optional[Sequence[str]] = None, attentions: Optional[Sequence[str]] = None,
+                 fusions: Optional[Sequence[str]] = None, heads: Sequence[str] = ("plain", "genet"),
+                 genet_groups: int = 4, input_size: Sequence[int] = (3, 224, 224), num_classes: int = 1000,
+                 supernet_width: int = 35, supernet_min_resolution: int = 4):
+        if base not in BASES:
+            raise ValueError(f"unknown base {base!r}; known: {', '.join(BASES)}")
+        self.base = base
+        if block_types is None:
+            block_types = BLOCK_TYPES if base == "mobilenetv2" else ("sg",)
+        self.block_types = _check_list("block_types", block_types)
+        if any(t not in BLOCK_TYPES for t in self.block_types):
+            raise ValueError(f"block_types must be among {BLOCK_TYPES}, got {self.block_types}")
+        self.kernels = [int(k) for k in _check_list("kernels", kernels)]
+        self.expansions = [int(t) for t in _check_list("expansions", expansions)]
+        self.width_mults = [int(m) for m in _check_list("width_mults", width_mults)]
+        self.depths = [int(d) for d in _check_list("depths", depths)]
+        if any(k < 1 or k % 2 == 0 for k in self.kernels) or min(self.expansions) < 1 \
+                or min(self.width_mults) < 1 or min(self.depths) < 1:
+            raise ValueError("kernels must be odd, expansions, width_mults and depths >= 1")
+        self.convs = DW_CONVS.check(_check_list("convs", convs if convs is not None else default_convs()))
+        self.attentions = _check_list("attentions", attentions if attentions is not None else default_attentions())
+        ATTENTIONS.check(a for a in self.attentions if a != "none")
+        self.fusions = FUSIONS.check(_check_list("fusions", fusions if fusions is not None else default_fusions()))
+        self.heads = HEADS.check(_check_list("heads", heads))
+        self.genet_groups = int(genet_groups)
+        self.input_size = tuple(int(v) for v in input_size)
+        self.num_classes = int(num_classes)
+        self.supernet_width, self.supernet_min_resolution = int(supernet_width), int(supernet_min_resolution)
+        if "genet" in self.heads:
+            pre = BASES[base].preset
+            widths = [pre.head_channels] if pre.head_channels else \
+                [self.width(BASES[base].stages[-1][0], m) for m in self.width_mults]
+            widths += [_scaled(c, self.supernet_width) for c in widths]
+            if self.genet_groups < 2 or any(c % self.genet_groups for c in widths):
+                raise ValueError(f"genet_groups={self.genet_groups} must be >= 2 and divide the head widths {widths}")
+
+    @staticmethod
+    def width(base_width: int, percent: int) -> int:
+        return make_divisible(base_width * percent / 100.0, 8)
+
+    def settings(self) -> Dict[str, Any]:
+        return {"space": self.name, "base": self.base, "block_types": list(self.block_types),
+                "kernels": list(self.kernels), "expansions": list(self.expansions),
+                "width_mults": list(self.width_mults), "depths": list(self.depths), "convs": list(self.convs),
+                "attentions": list(self.attentions), "fusions": list(self.fusions), "heads": list(self.heads),
+                "genet_groups": self.genet_groups, "input_size": list(self.input_size),
+                "num_classes": self.num_classes, "supernet_width": self.supernet_width,
+                "supernet_min_resolution": self.supernet_min_resolution}
+
+    def _slot_options(self) -> Dict[str, List[Any]]:
+        return {"type": list(self.block_types), "kernel": list(self.kernels), "expand": list(self.expansions),
+                "conv": list(self.convs), "attention": list(self.attentions), "fusion": list(self.fusions)}
+
+    def choices(self) -> Dict[str, List[Any]]:
+        out: Dict[str, List[Any]] = {}
+        for j in range(1, len(BASES[self.base].stages) + 1):
+            out[f"s{j}_width"] = list(self.width_mults)
+            out[f"s{j}_depth"] = list(self.depths)
+            for i in range(max(self.depths)):
+                for field, opts in self._slot_options().items():
+                    out[f"s{j}_b{i}_{field}"] = opts
+        out["head"] = list(self.heads)
+        return out
+
+    def _canonical(self, arch: MobileArch) -> MobileArch:
+        """Replace choices a block ignores by the first option."""
+        stages = [list(st.blocks) for st in arch.stages]
+        for p in plan(arch).blocks:
+            b = p.block
+            if not p.residual:
+                b = replace(b, fusion=self.fusions[0])
+            if p.form == "pw":
+                b = replace(b, kernel=self.kernels[0], conv=self.convs[0])
+            elif dw_kernel(b.conv, b.kernel) != b.kernel:  # e.g. deconv exists at 3x3 only
+                b = replace(b, kernel=dw_kernel(b.conv, b.kernel))
+            stages[p.stage][p.index] = b
+        return replace(arch, stages=tuple(replace(st, blocks=tuple(bs)) for st, bs in zip(arch.stages, stages)))
+
+    def decode(self, params: Dict[str, Any]) -> MobileArch:
+        base = BASES[self.base]
+        stages = [base.preset.stages[0]]
+        for j, (c, _, s) in enumerate(base.stages, 1):
+            depth = int(params[f"s{j}_depth"])
+            blocks = tuple(Block(type=params[f"s{j}_b{i}_type"], kernel=int(params[f"s{j}_b{i}_kernel"]),
+                                 expand=int(params[f"s{j}_b{i}_expand"]), conv=params[f"s{j}_b{i}_conv"],
+                                 attention=params[f"s{j}_b{i}_attention"], fusion=params[f"s{j}_b{i}_fusion"])
+                           for i in range(depth))
+            stages.append(Stage(self.width(c, int(params[f"s{j}_width"])), s, blocks))
+        head = params["head"]
+        arch = replace(base.preset, stages=tuple(stages), head=head,
+                       head_groups=self.genet_groups if head == "genet" else 1,
+                       input_size=self.input_size, num_classes=self.num_classes)
+        arch.validate()
+        return self._canonical(arch)
+
+    def encode(self, arch: MobileArch) -> Dict[str, Any]:
+        """Params with ``decode(encode(arch)) == arch`` for archs of this base whose values are
+        among the choices and canonical (as ``decode`` returns them; the presets are)."""
+        base = BASES[self.base]
+        fixed = replace(base.preset, stages=(), head="plain", head_groups=1, input_size=self.input_size,
+                        num_classes=self.num_classes)
+        if replace(arch, stages=(), head="plain", head_groups=1) != fixed \
+                or arch.stages[:1] != base.preset.stages[:1] or len(arch.stages) != len(base.stages) + 1:
+            raise ValueError(f"the arch does not have the {self.base} base's stem, first stage, stage count, "
+                             f"head width, input size and classes of this space")
+        out: Dict[str, Any] = {}
+        opts = self._slot_options()
+
+        def put(key: str, value: Any, options: List[Any]) -> None:
+            if value not in options:
+                raise ValueError(f"{key}={value!r} is not among this space's choices {options}")
+            out[key] = value
+
+        for j, ((c, _, s), st) in enumerate(zip(base.stages, arch.stages[1:]), 1):
+            if st.stride != s:
+                raise ValueError(f"stage {j} has stride {st.stride}, the {self.base} base has {s}")
+            mults = [m for m in self.width_mults if self.width(c, m) == st.width]
+            put(f"s{j}_width", mults[0] if mults else f"{st.width} channels", self.width_mults)
+            put(f"s{j}_depth", len(st.blocks), self.depths)
+            for i in range(max(self.depths)):
+                b = st.blocks[i] if i < len(st.blocks) else None
+                for field, options in opts.items():
+                    put(f"s{j}_b{i}_{field}", getattr(b, field) if b else options[0], options)
+        put("head", arch.head, self.heads)
+        if arch.head == "genet" and arch.head_groups != self.genet_groups:
+            raise ValueError(f"the arch's genet head has {arch.head_groups} groups, the space {self.genet_groups}")
+        return out
+
+    def supernet(self, num_classes: int, input_size: Sequence[int]) -> MobileSupernet:
+        return MobileSupernet(self, num_classes, input_size)
+
+    def all_parts(self) -> Iterator[Part]:
+        """Every distinct part the choices can produce (stem, fixed stage, searched slots, heads)."""
+        base = BASES[self.base]
+        proto = self.decode({k: v[0] for k, v in self.choices().items()})
+        seen = set()
+
+        def new(ps):
+            for p in ps:
+                if p.key not in seen:
+                    seen.add(p.key)
+                    yield p
+
+        yield from new([_stem_part(self.input_size[0], proto.stem, self.input_size[1:])])
+        fixed = [p for p in plan(proto).blocks if p.stage == 0]
+        for p in fixed:
+            yield from new(block_parts(p))
+        cins, hw = [proto.stages[0].width], fixed[-1].hw_out
+        stateful = [a for a in self.attentions if a != "none" and stateful_key(ATTENTIONS.meta(a))]
+        for j, (c, _, s) in enumerate(base.stages, 1):
+            couts = [self.width(c, m) for m in self.width_mults]
+            hw_out = _down(hw, s)
+            for i in range(max(self.depths)):
+                keeps = sorted({d == 1 and s == 1 for d in self.depths}) if i == 0 else [False]
+                pairs = [(ci, co) for ci in cins for co in couts] if i == 0 else [(co, co) for co in couts]
+                for (ci, co), keep, t, typ in itertools.product(pairs, keeps, self.expansions, self.block_types):
+                    def at(**kw) -> BlockPlan:
+                        b = Block(typ, kw.get("k", self.kernels[0]), t, kw.get("conv", self.convs[0]),
+                                  kw.get("att", "none"), kw.get("fusion", self.fusions[0]))
+                        return block_plan(j, i, b, ci, co, s if i == 0 else 1, hw if i == 0 else hw_out, keep)
+
+                    for k, conv in itertools.product(self.kernels, self.convs):  # conv parts
+                        yield from new(block_parts(at(k=dw_kernel(conv, k), conv=conv)))
+                    if at().residual:  # fusion parts
+                        for f in self.fusions:
+                            yield from new(q for q in block_parts(at(fusion=f)) if q.kind.startswith("fusion:"))
+                    for att in self.attentions:  # attention parts, as chain start and continuation
+                        if att == "none":
+                            continue
+                        p = at(att=att)
+                        for v in [p, replace(p, att_prev=True)] if att in stateful and i > 0 else [p]:
+                            yield from new(q for q in block_parts(v) if q.kind.startswith("attention:"))
+            cins, hw = couts, hw_out
+        for head in self.heads:
+            groups = self.genet_groups if head == "genet" else 1
+            for c_last in cins:
+                arch = replace(proto, head=head, head_groups=groups,
+                               stages=proto.stages[:-1] + (replace(proto.stages[-1], width=c_last),))
+                yield from new([_head_part(arch, plan(arch).c_last, plan(arch).hw_last)])

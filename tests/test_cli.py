@@ -1,0 +1,126 @@
+"""End to end through the CLI on tiny settings: outputs, budget, determinism, resume, errors."""
+import json
+import subprocess
+import sys
+import warnings
+
+import pandas as pd
+import pytest
+import torch
+
+import space
+from nas.cli import main
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from fvcore.nn import FlopCountAnalysis
+
+TINY = ["--data", "digits", "--epochs", "1", "--trials", "8", "--quiet", "--batch-size", "128",
+        "--ops", "skip_connect,max_pool_3x3,sep_conv_3x3,dil_conv_3x3,do_conv_3x3", "--fusions", "sum",
+        "--space-opt", "channels=8", "--space-opt", "cells=3",
+        "--space-opt", "supernet_channels=4", "--space-opt", "supernet_cells=2"]
+FILES = ["config.json", "trials.csv", "pareto.csv", "best.json", "pareto.png", "baselines.csv", "summary.json",
+         "study.db", "trials.jsonl"]
+
+
+def _run(tmp_path, name, budget="6MFLOPs", extra=()):
+    out = tmp_path / name
+    rc = main(["--budget", budget, "--out", str(out), "--seed", "3", *TINY, *extra])
+    return rc, out
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    return [_run(tmp, "a"), _run(tmp, "b")]
+
+
+def test_run_writes_every_output(runs):
+    rc, out = runs[0]
+    assert rc == 0
+    for f in FILES:
+        assert (out / f).exists(), f
+    cfg = json.loads((out / "config.json").read_text())
+    assert "1 FLOP = 1 multiply-add" in cfg["flop_convention"]
+    assert cfg["seed"] == 3 and cfg["versions"]["torch"] and cfg["device"]["device"] == "cpu"
+    assert cfg["estimation_data"]["name"] == "digits"
+    trials = pd.read_csv(out / "trials.csv")
+    assert list(trials.columns[:8]) == ["trial", "arch_hash", "params", "flops", "latency_ms", "val_acc", "state",
+                                        "seconds"]
+    assert len(trials) == 8 and set(trials.state) <= {"complete", "over_budget", "failed"}
+    assert trials[trials.state == "over_budget"].val_acc.isna().all()  # rejected before any evaluation
+    assert (trials[trials.state == "complete"].val_acc.between(0, 1)).all()
+    assert list((out / "archs").glob("*.json")), "the Pareto front is exported"
+
+
+def test_exported_archs_are_within_budget_by_plain_fvcore(runs):
+    _, out = runs[0]
+    paths = list((out / "archs").glob("*.json")) + [out / "best.json"]
+    for p in paths:
+        arch = space.load_arch(p)
+        net = space.build(arch).eval()
+        with torch.no_grad():
+            n = FlopCountAnalysis(net, torch.zeros(1, *arch.input_size)).unsupported_ops_warnings(False).total()
+        assert n <= 6e6, p
+
+
+def test_pareto_csv_is_the_front_of_the_trials(runs):
+    _, out = runs[0]
+    front = pd.read_csv(out / "pareto.csv")
+    trials = pd.read_csv(out / "trials.csv")
+    done = trials[trials.state == "complete"]
+    for _, r in front.iterrows():  # nothing within budget dominates a front member
+        better = done[(done.val_acc >= r.val_acc) & (done.flops <= r.flops) &
+                      ((done.val_acc > r.val_acc) | (done.flops < r.flops))]
+        assert better.empty
+    best = json.loads((out / "best.json").read_text())
+    assert best["val_acc"] == done.val_acc.max()
+    assert front.test_acc_inherited.between(0, 1).all()
+
+
+def test_same_seed_same_trials(runs):
+    (_, a), (_, b) = runs
+    ta, tb = (pd.read_csv(p / "trials.csv").drop(columns=["seconds"]) for p in (a, b))
+    pd.testing.assert_frame_equal(ta, tb)
+
+
+def test_resume_continues_without_repeating(tmp_path):
+    rc, out = _run(tmp_path, "r", extra=["--trials", "4"])
+    assert rc == 0
+    rc = main(["--budget", "6MFLOPs", "--out", str(out), "--seed", "3", *TINY, "--trials", "7", "--resume"])
+    assert rc == 0
+    trials = pd.read_csv(out / "trials.csv")
+    assert list(trials.trial) == list(range(7))
+
+
+def test_existing_folder_without_resume_is_refused(runs, capsys):
+    _, out = runs[0]
+    rc = main(["--budget", "6MFLOPs", "--out", str(out), *TINY])
+    assert rc == 2
+    assert "already holds results" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--ops", "sep_conv3x3"], "did you mean sep_conv_3x3"),
+    (["--space", "nope"], "unknown search space"),
+    (["--data", "/nonexistent/x.npz"], "no such file"),
+    (["--driver", "hyperband"], "unknown driver"),
+])
+def test_bad_inputs_are_one_line_errors(tmp_path, args, msg):
+    cmd = [sys.executable, "search.py", "--budget", "1MFLOPs", "--out", str(tmp_path / "x"), "--quiet", *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert len(lines) == 1 and msg in lines[0] and "Traceback" not in r.stderr, r.stderr
+
+
+def test_train_an_exported_arch(runs, capsys):
+    from nas.train import main as train_main
+
+    _, out = runs[0]
+    rc = train_main([str(out / "best.json"), "--data", "digits", "--epochs", "1", "--quiet", "--batch-size", "256"])
+    assert rc == 0
+    line = capsys.readouterr().out
+    assert "test accuracy:" in line
+    acc = float(line.split("test accuracy:")[1].split()[0])
+    assert 0.0 <= acc <= 1.0
