@@ -23,7 +23,7 @@ FILES = ["config.json", "trials.csv", "pareto.csv", "best.json", "pareto.png", "
          "study.db", "trials.jsonl"]
 
 
-def _run(tmp_path, name, budget="6MFLOPs", extra=()):
+def _run(tmp_path, name, budget="8.5MFLOPs", extra=()):
     out = tmp_path / name
     rc = main(["--budget", budget, "--out", str(out), "--seed", "3", *TINY, *extra])
     return rc, out
@@ -61,7 +61,7 @@ def test_exported_archs_are_within_budget_by_plain_fvcore(runs):
         net = space.build(arch).eval()
         with torch.no_grad():
             n = FlopCountAnalysis(net, torch.zeros(1, *arch.input_size)).unsupported_ops_warnings(False).total()
-        assert n <= 6e6, p
+        assert n <= 8.5e6, p
 
 
 def test_pareto_csv_is_the_front_of_the_trials(runs):
@@ -87,7 +87,7 @@ def test_same_seed_same_trials(runs):
 def test_resume_continues_without_repeating(tmp_path):
     rc, out = _run(tmp_path, "r", extra=["--trials", "4"])
     assert rc == 0
-    rc = main(["--budget", "6MFLOPs", "--out", str(out), "--seed", "3", *TINY, "--trials", "7", "--resume"])
+    rc = main(["--budget", "8.5MFLOPs", "--out", str(out), "--seed", "3", *TINY, "--trials", "7", "--resume"])
     assert rc == 0
     trials = pd.read_csv(out / "trials.csv")
     assert list(trials.trial) == list(range(7))
@@ -95,7 +95,7 @@ def test_resume_continues_without_repeating(tmp_path):
 
 def test_existing_folder_without_resume_is_refused(runs, capsys):
     _, out = runs[0]
-    rc = main(["--budget", "6MFLOPs", "--out", str(out), *TINY])
+    rc = main(["--budget", "8.5MFLOPs", "--out", str(out), *TINY])
     assert rc == 2
     assert "already holds results" in capsys.readouterr().err
 
