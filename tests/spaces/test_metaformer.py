@@ -1,0 +1,232 @@
+"""The metaformer space: published presets, exact part costs, round trips, supernet."""
+import random
+
+import pytest
+import torch
+from torch import nn
+
+import space
+from nas import flops
+from space import metaformer as M
+from space.registry import Registry
+
+STYLES = ("van", "swiftformer", "biformer")
+
+
+def n_params(m):
+    return sum(p.numel() for p in m.parameters())
+
+
+# modules.md [M]: params / fvcore MACs of the official code at 224x224
+PUBLISHED = {"van_b0": (4.106e6, 0.868e9), "swiftformer_xs": (3.475e6, 0.605e9),
+             "biformer_t": (13.143e6, 2.228e9)}
+
+
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_presets_reproduce_published_figures_and_parts_add_up(name):
+    arch = space.preset(name)
+    net = space.build(arch)
+    params, macs = PUBLISHED[name]
+    assert abs(n_params(net) / params - 1) < 0.01
+    with torch.no_grad():
+        fca = flops.analysis(net.eval(), torch.zeros(1, 3, 224, 224))
+        total = int(fca.total())
+    assert not fca.unsupported_ops(), dict(fca.unsupported_ops())
+    assert abs(total / macs - 1) < 0.03
+    assert flops.PartCounter().total(space.parts(arch)) == total
+
+
+def test_swiftformer_count_includes_the_distillation_head():
+    # modules.md: 3.475M with the distillation head, 3.254M without it
+    arch = M.SWIFTFORMER_XS
+    assert arch.dist_head == 1
+    without = M.build(M.replace(arch, dist_head=0))
+    assert abs(n_params(without) / 3.254e6 - 1) < 0.01
+    assert n_params(M.build(arch)) - n_params(without) == 220 * 1000 + 1000
+
+
+def test_biformer_preset_uses_published_routing():
+    kws = [dict(s.mixer_kw) for s in M.BIFORMER_T.stages]
+    assert kws == [{"n_win": 7, "topk": 1}, {"n_win": 7, "topk": 4}, {"n_win": 7, "topk": 16}, {"n_win": 7, "topk": -2}]
+    blocks = [m for m in M.build(M.BIFORMER_T).modules() if isinstance(m, M.TokenSub)]
+    assert type(blocks[-1].mixer).__name__ == "AttentionLePE"
+    assert type(blocks[0].mixer).__name__ == "BiLevelRoutingAttention"
+
+
+def test_bra_keywords_adapt_to_resolution():
+    assert M.bra_kw((56, 56), 1) == (("n_win", 7), ("topk", 1))
+    assert M.bra_kw((32, 32), 16) == (("n_win", 4), ("topk", 5))  # 16 regions: 16 * 16/49 -> 5
+    assert M.bra_kw((4, 4), 1) == (("n_win", 4), ("topk", 1))
+    assert M.bra_kw((13, 13), 4) == (("n_win", 1), ("topk", 1))
+    assert M.adapted_stem_stride((224, 224)) == 4 and M.adapted_stem_stride((32, 32)) == 1
+    assert M.adapted_stem_stride((64, 64)) == 2
+
+
+@pytest.mark.parametrize("name", PUBLISHED)
+def test_presets_round_trip_and_encode_in_their_style(name):
+    arch = space.preset(name)
+    assert M.MetaformerArch.from_json(arch.to_json()) == arch
+    assert space.ArchBase.from_json(arch.to_json()) == arch  # found by its "space" field
+    style = {"van_b0": "van", "swiftformer_xs": "swiftformer", "biformer_t": "biformer"}[name]
+    sp = space.get_space("metaformer", style=style)
+    assert sp.decode(sp.encode(arch)) == arch
+    other = space.get_space("metaformer", style="biformer" if style != "biformer" else "van")
+    with pytest.raises(ValueError):
+        other.encode(arch)
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_random_archs_parts_are_exact_and_round_trip(style):
+    sp = space.get_space("metaformer", style=style, input_size=(3, 64, 64), num_classes=10)
+    rng = random.Random(1)
+    known = {p.key for p in sp.all_parts()}
+    assert len(known) <= 1500
+    counter = flops.PartCounter()
+    for _ in range(2):
+        arch = sp.sample(rng)
+        assert M.MetaformerArch.from_json(arch.to_json()) == arch
+        assert sp.decode(sp.encode(arch)) == arch
+        net = space.build(arch).eval()
+        assert net(torch.randn(1, 3, 64, 64)).shape == (1, 10)
+        assert counter.total(space.parts(arch)) == flops.count(net, [(1, 3, 64, 64)])
+        assert {p.key for p in space.parts(arch)} <= known
+
+
+def test_default_space_is_small_enough_for_a_latency_table():
+    for style in STYLES:
+        assert len(list(space.get_space("metaformer", style=style).all_parts())) <= 1500
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_supernet_forward_backward_on_random_archs_at_32(style):
+    sp = space.get_space("metaformer", style=style)
+    net = sp.supernet(10, (3, 32, 32))
+    rng = random.Random(2)
+    for _ in range(2):
+        arch = sp.sample(rng)
+        net.set_active(arch)
+        net.train()
+        out = net(torch.randn(2, 3, 32, 32))
+        assert out.shape == (2, 10)
+        out.pow(2).mean().backward()
+        assert all(torch.isfinite(p.grad).all() for p in net.parameters() if p.grad is not None)
+    # the last stage stays at 4x4 (stem stride 1 at 32x32)
+    seen = []
+    net.stages[-1][0].register_forward_hook(lambda m, i, o: seen.append(o.shape[-2:]))
+    net.eval()(torch.randn(1, 3, 32, 32))
+    assert seen == [torch.Size([4, 4])]
+
+
+def test_supernet_depth_and_path_follow_the_arch():
+    sp = space.get_space("metaformer", style="swiftformer")
+    net = sp.supernet(10, (3, 32, 32))
+    arch = sp.decode({**{k: v[0] for k, v in sp.choices().items()}, "s3_depth": 4})
+    net.set_active(arch)
+    modes = [p.mode for p in net.stages[2]]
+    assert modes == ["conv"] * 3 + ["mixer"] + ["skip"] * (len(modes) - 4)
+
+
+def _block_pair(style_norm, ls):
+    torch.manual_seed(0)
+    a = M.ChannelSub(16, "mlp", 4.0, style_norm, ls)
+    b = M.ChannelSub(16, "adapt_mlp", 4.0, style_norm, ls)
+    b.norm.load_state_dict(a.norm.state_dict())
+    b.mixer.mlp.load_state_dict(a.mixer.state_dict())
+    if ls:
+        b.layer_scale.data.copy_(a.layer_scale.data)
+    return a, b
+
+
+@pytest.mark.parametrize("norm,ls", [("bn", 1e-2), ("ln", 0.0), ("bn", 1e-5)])
+def test_adapt_mlp_at_init_leaves_its_block_unchanged_exactly(norm, ls):
+    a, b = _block_pair(norm, ls)
+    x = torch.randn(2, 16, 6, 6)
+    for mode in (True, False):
+        a.train(mode), b.train(mode)
+        assert torch.equal(a(x), b(x))
+
+
+def test_adapter_reads_block_input_not_normed_input():
+    a, b = _block_pair("bn", 1e-2)
+    nn.init.normal_(b.mixer.adapter.up_proj.weight)
+    b.eval()
+    x = torch.randn(2, 16, 5, 5)
+    expected = x + (b.layer_scale * b.mixer.mlp(b.norm(x)) + b.mixer.adapter(x))
+    torch.testing.assert_close(b(x), expected)
+
+
+def test_whole_network_with_adapters_equals_it_without_at_init():
+    base = M.replace(M.VAN_B0, input_size=(3, 32, 32), num_classes=10,
+                     stages=tuple(M.replace(s, channel_mixer="mlp") for s in M.VAN_B0.stages))
+    adapted = M.replace(base, stages=tuple(M.replace(s, channel_mixer="adapt_mlp") for s in base.stages))
+    net_a, net_b = M.build(base).eval(), M.build(adapted).eval()
+    missing, unexpected = net_b.load_state_dict(
+        {k.replace("mixer.", "mixer.mlp.", 1) if ".mixer.fc" in k or ".mixer.dwconv" in k else k: v
+         for k, v in net_a.state_dict().items()}, strict=False)
+    assert all("adapter" in k for k in missing) and not unexpected
+    x = torch.randn(1, 3, 32, 32)
+    assert torch.equal(net_a(x), net_b(x))
+
+
+def test_validation_explains_bad_archs():
+    def first(**kw):
+        return M.replace(M.VAN_B0, stages=(M.replace(M.VAN_B0.stages[0], **kw),) + M.VAN_B0.stages[1:])
+
+    with pytest.raises(space.ArchError, match="token mixer"):
+        first(token_mixer="lka2").validate()
+    with pytest.raises(space.ArchError, match="conv_blocks"):
+        first(conv_blocks=4).validate()
+    with pytest.raises(space.ArchError, match="unknown field"):
+        M.MetaformerArch.from_json(M.VAN_B0.to_json().replace('"stem":', '"stemm":'))
+    with pytest.raises(space.ArchError, match="4 stages"):
+        M.replace(M.VAN_B0, stages=M.VAN_B0.stages[:3]).validate()
+    with pytest.raises(space.ArchError, match="neck"):
+        M.replace(M.VAN_B0, neck="nope").validate()
+
+
+class _ToyNeck(nn.Module):
+    """A stand-in neck (a 1x1 conv on the finest map, the others passed through, so output
+    widths differ) to exercise the plumbing independently of the registered necks."""
+
+    def __init__(self, channels, width):
+        super().__init__()
+        self.conv = nn.Conv2d(channels[0], width, 1)
+        self.out_channels = [width, *channels[1:]]
+
+    def forward(self, xs):
+        return [self.conv(xs[0]), *xs[1:]]
+
+
+def test_neck_plumbing_parts_exact_and_supernet(monkeypatch):
+    reg = Registry("neck", "toy")
+    reg.register("toy_neck", _ToyNeck, inputs=3)
+    monkeypatch.setattr(M, "neck_registry", lambda: reg)
+    sp = space.get_space("metaformer", style="van", necks=["none", "toy_neck"], neck_width=32,
+                         input_size=(3, 64, 64), num_classes=10)
+    arch = sp.decode({**{k: v[0] for k, v in sp.choices().items()}, "neck": "toy_neck"})
+    net = space.build(arch)
+    assert net(torch.randn(1, 3, 64, 64)).shape == (1, 10)
+    assert flops.PartCounter().total(space.parts(arch)) == flops.count(net, [(1, 3, 64, 64)])
+    assert {p.key for p in space.parts(arch)} <= {p.key for p in sp.all_parts()}
+    sup = sp.supernet(10, (3, 32, 32))
+    sup.set_active(arch)
+    sup(torch.randn(2, 3, 32, 32)).sum().backward()
+
+
+@pytest.mark.parametrize("neck", ["fpt_neck", "cfnet_transition"])
+def test_registered_necks(neck):
+    if neck not in M.available_necks():
+        pytest.skip(f"{neck} not registered (macro work)")
+    if neck == "fpt_neck":
+        assert space.get_space("metaformer").choices()["neck"] == ["none", "fpt_neck"]
+    sp = space.get_space("metaformer", input_size=(3, 64, 64), num_classes=10, necks=["none", neck],
+                         neck_width=32, supernet_neck_width=16)
+    arch = sp.decode({**{k: v[0] for k, v in sp.choices().items()}, "neck": neck})
+    net = space.build(arch).eval()  # FPT's RT needs batch > 1 in training (official BN)
+    assert net(torch.randn(1, 3, 64, 64)).shape == (1, 10)
+    assert flops.PartCounter().total(space.parts(arch)) == flops.count(net, [(1, 3, 64, 64)])
+    keys = {p.key for p in sp.all_parts()}
+    assert {p.key for p in space.parts(arch)} <= keys and len(keys) <= 1500
+    sup = sp.supernet(10, (3, 32, 32))
+    sup.set_active(arch)
+    sup(torch.randn(2, 3, 32, 32)).sum().backward()  # FPT's RT needs batch > 1 in training
