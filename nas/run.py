@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import logging
 import time
@@ -72,6 +73,11 @@ def _space(cfg: SearchConfig, ds: Dataset):
     if getattr(cls, "target_from_data", False):  # CIFAR-style spaces deploy at the data's size
         opts.setdefault("input_size", ds.input_size)
         opts.setdefault("num_classes", ds.num_classes)
+    accepted = [k for k in inspect.signature(cls.__init__).parameters if k != "self"]
+    for k in opts:
+        if k not in accepted:
+            what = "--fusions" if k == "fusions" else "--ops" if k == "ops" else f"--space-opt {k}"
+            raise RunError(f"the {cfg.space} space takes no {what}; its settings: {', '.join(accepted)}")
     try:
         return cls(**opts)
     except TypeError as e:

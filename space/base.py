@@ -36,6 +36,25 @@ def make_op(name: str, C_in: int, C_out: int, stride: int, hw: Tuple[int, int], 
     return OPS[name](C_in, C_out, stride, **kw)
 
 
+def split_names(names: Sequence[str], slots: Dict[str, Any], always: Dict[str, Sequence[str]],
+                space: str) -> Dict[str, List[str]]:
+    """Map ``--ops`` names onto a space's candidate slots (e.g. mobile: conv variants and
+    attention plug-ins), each slot keeping its ``always`` options ("plain", "none").  A name
+    that fits no slot is an error listing what does."""
+    out: Dict[str, List[str]] = {k: list(always.get(k, ())) for k in slots}
+    for n in names:
+        hits = [k for k, reg in slots.items() if n in reg]
+        if not hits:
+            valid = sorted({m for reg in slots.values() for m in reg.names()})
+            from .registry import UnknownName
+            raise UnknownName(f"{n!r} is not a candidate of the {space} space's slots "
+                              f"({', '.join(slots)}); choose from: {', '.join(valid)}")
+        for k in hits:
+            if n not in out[k]:
+                out[k].append(n)
+    return out
+
+
 def part_key(kind: str, **fields: Any) -> str:
     body = ",".join(f"{k}={v}" for k, v in sorted(fields.items()))
     return f"{kind}({body})"

@@ -62,7 +62,7 @@ import torch
 from torch import nn
 
 from .arch import ArchBase, ArchError
-from .base import Part, SearchSpace, part_key
+from .base import Part, SearchSpace, part_key, split_names
 from .choice import Choice
 from .ops import deploy as deploy_ops
 from .ops.adaptformer import Adapter
@@ -656,7 +656,13 @@ class MetaformerSpace(SearchSpace):
                  widths: Sequence[Sequence[int]] = DEFAULT_WIDTHS,
                  mlp_ratios: Sequence[int] = DEFAULT_RATIOS, necks: Optional[Sequence[str]] = None,
                  neck_width: int = 256, input_size: Sequence[int] = (3, 224, 224), num_classes: int = 1000,
-                 supernet_widths: Sequence[int] = (16, 32, 64, 128), supernet_neck_width: int = 32):
+                 supernet_widths: Sequence[int] = (16, 32, 64, 128), supernet_neck_width: int = 32,
+                 ops: Optional[Sequence[str]] = None):
+        if ops is not None:  # --ops: token and channel mixers by name
+            picked = split_names(ops, {"token_mixers": TOKEN_MIXERS, "channel_mixers": CHANNEL_MIXERS}, {},
+                                 "metaformer")
+            token_mixers = token_mixers if token_mixers is not None else picked["token_mixers"] or None
+            channel_mixers = channel_mixers if channel_mixers is not None else picked["channel_mixers"] or None
         if style not in STYLES:
             raise ValueError(f"unknown style {style!r}; known: {', '.join(STYLES)}")
         self.style = style

@@ -70,7 +70,7 @@ import torch
 from torch import nn
 
 from .arch import ArchBase, ArchError
-from .base import Part, SearchSpace, part_key
+from .base import Part, SearchSpace, part_key, split_names
 from .choice import Choice
 from .ops import deploy as deploy_ops
 from .ops.base import WithState, link_state, stateful_key
@@ -663,7 +663,12 @@ class MobileSpace(SearchSpace):
                  convs: Optional[Sequence[str]] = None, attentions: Optional[Sequence[str]] = None,
                  fusions: Optional[Sequence[str]] = None, heads: Sequence[str] = ("plain", "genet"),
                  genet_groups: int = 4, input_size: Sequence[int] = (3, 224, 224), num_classes: int = 1000,
-                 supernet_width: int = 35, supernet_min_resolution: int = 4):
+                 supernet_width: int = 35, supernet_min_resolution: int = 4, ops: Optional[Sequence[str]] = None):
+        if ops is not None:  # --ops: conv variants and attention plug-ins by name
+            picked = split_names(ops, {"convs": DW_CONVS, "attentions": ATTENTIONS},
+                                 {"convs": ["plain"], "attentions": ["none"]}, "mobile")
+            convs = convs if convs is not None else picked["convs"]
+            attentions = attentions if attentions is not None else picked["attentions"]
         if base not in BASES:
             raise ValueError(f"unknown base {base!r}; known: {', '.join(BASES)}")
         self.base = base

@@ -39,6 +39,13 @@ Departures from the official code, and why:
 * Position encodings are input-independent constants, computed once per size with numpy (float64,
   cast to the input dtype) so that tracing and FLOP counting see them as constants, not as
   sin/cos/div ops; they match the official float32 ones to ~1e-7.
+
+Not a default candidate (registry tag ``not_default``; opt in with ``--fusions``): its point is a
+second feature set of another resolution or modality.  Where a space merges two maps of the same
+size (a DARTS node, a residual) it becomes full attention over all H*W tokens: 37M multiply-adds
+per DARTS node at 16 channels and 32x32, about 3.9 s per forward+backward of a 64-image batch on a
+2-core CPU, and an H*W x H*W attention map per head, so every cell holding it exceeds a 300M budget
+and it would dominate supernet training time without ever surviving the search.
 """
 from __future__ import annotations
 
@@ -144,7 +151,7 @@ class CrossAttentionFusion(nn.Module):
         return fused.transpose(1, 2).reshape(b, c, h, w)
 
 
-@FUSIONS.register("cross_attn_fusion", tags={"attention", "cross_scale", "locformer"})
+@FUSIONS.register("cross_attn_fusion", tags={"attention", "cross_scale", "locformer", "not_default"})
 def cross_attn_fusion(C: int, **kw) -> nn.Module:
     """x (B,C,H,W) attends to y (B,C_y,Hy,Wy; kw ``C_y``, default C) -> shaped like x."""
     return CrossAttentionFusion(C, **kw)
