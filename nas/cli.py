@@ -93,6 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="supernet training batch (default 64)")
     p.add_argument("--lr", type=float, default=0.05, help="supernet learning rate (default 0.05, cosine)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    p.add_argument("--device", default="auto", help="supernet training and scoring: auto (cuda if available), "
+                   "cpu, cuda, cuda:1 ...; costs are counted on the CPU")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--debug", action="store_true", help="show tracebacks of unexpected errors")
@@ -127,7 +129,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                        population=args.population, trials=args.trials, epochs=args.epochs,
                        batch_size=args.batch_size, lr=args.lr, data=args.data, out=args.out, seed=args.seed,
                        storage=args.storage, latency_lut=args.latency_lut, force_lut=args.force_lut,
-                       threads=args.threads, resume=args.resume, progress=not args.quiet)
+                       threads=args.threads, device=args.device, resume=args.resume, progress=not args.quiet)
     try:
         summary = run(cfg)
     except (RunError, DataError, UnknownName) as e:

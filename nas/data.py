@@ -10,7 +10,8 @@ fly with a seeded generator, so the same seed gives the same batches.
   seeded 20% becomes the test split);
 * nothing: ``$NAS_DATA`` if set, else CIFAR-10 if already in the cache folder, else the
   fallback: scikit-learn's bundled handwritten digits (1,797 real 8x8 images, 10 classes),
-  upsampled to 32x32 RGB.  The run says which dataset it used.
+  upsampled to 16x16 RGB (more pixels would add compute, not information).  The run says
+  which dataset it used.
 """
 from __future__ import annotations
 
@@ -177,12 +178,12 @@ def load_image_folder(root: Path, seed: int = 0, size: Optional[int] = None) -> 
     return Dataset(root.name, str(root), xtr, ytr, xte, yte, classes)
 
 
-def load_digits_fallback(seed: int = 0) -> Dataset:
+def load_digits_fallback(seed: int = 0, size: int = 16) -> Dataset:
     from sklearn.datasets import load_digits  # ships its data inside the wheel: works offline
 
     d = load_digits()
     img = torch.from_numpy(d.images.astype(np.float32) / 16.0)[:, None]  # (N,1,8,8) in [0,1]
-    img = F.interpolate(img, size=(32, 32), mode="bilinear", align_corners=False)
+    img = F.interpolate(img, size=(size, size), mode="bilinear", align_corners=False)
     x = (img.clamp(0, 1) * 255).round().to(torch.uint8).repeat(1, 3, 1, 1).numpy()
     y = d.target.astype(np.int64)
     order = np.random.default_rng(seed).permutation(len(y))
@@ -190,7 +191,7 @@ def load_digits_fallback(seed: int = 0) -> Dataset:
     te, tr = order[:cut], order[cut:]
     return Dataset("digits", "scikit-learn load_digits() (bundled with scikit-learn)", x[tr], y[tr], x[te], y[te],
                    [str(i) for i in range(10)], flip=False,
-                   note="offline fallback: 1,797 real 8x8 handwritten digits upsampled to 32x32 RGB; "
+                   note=f"offline fallback: 1,797 real 8x8 handwritten digits upsampled to {size}x{size} RGB; "
                         "set --data or $NAS_DATA for CIFAR-10")
 
 

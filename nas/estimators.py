@@ -13,7 +13,7 @@ from space import SearchSpace
 from space.arch import ArchBase
 
 from .data import Splits
-from .supernet import accuracy, recalibrate_bn, train_supernet
+from .supernet import accuracy, device_of, recalibrate_bn, train_supernet
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +25,12 @@ class SupernetEstimator:
 
     def __init__(self, space: SearchSpace, splits: Splits, num_classes: int, input_size,
                  epochs: int, lr: float, weight_decay: float, seed: int,
-                 checkpoint: Optional[Path] = None, progress: bool = True):
+                 checkpoint: Optional[Path] = None, progress: bool = True, device: str = "cpu"):
         self.space, self.splits, self.seed = space, splits, seed
         self.epochs, self.lr, self.weight_decay = epochs, lr, weight_decay
         self.checkpoint, self.progress = checkpoint, progress
         torch.manual_seed(seed)  # the supernet's initial weights follow the seed
-        self.net = space.supernet(num_classes, input_size)
+        self.net = space.supernet(num_classes, input_size).to(device)
         self.history: List[Dict[str, float]] = []
 
     def _fingerprint(self) -> str:
@@ -42,7 +42,7 @@ class SupernetEstimator:
         """Train the supernet, or load the checkpoint a previous (interrupted) run saved."""
         ck = self.checkpoint
         if ck is not None and ck.exists():
-            state = torch.load(ck, map_location="cpu", weights_only=False)
+            state = torch.load(ck, map_location=device_of(self.net), weights_only=False)
             if state.get("fingerprint") == self._fingerprint():
                 self.net.load_state_dict(state["weights"])
                 self.history = state.get("history", [])

@@ -59,6 +59,7 @@ class SearchConfig:
     latency_lut: Optional[str] = None  # latency table; None = a shipped table matching this machine, if any
     force_lut: bool = False  # use a latency table measured on another device anyway
     threads: int = 0  # torch intra-op threads; 0 = torch's default
+    device: str = "auto"  # supernet training/scoring: auto = cuda when available, else cpu (costs never need one)
     resume: bool = False  # continue the run in `out` (same settings) after an interruption
     progress: bool = True  # progress bars on stderr
 
@@ -70,8 +71,7 @@ def _space(cfg: SearchConfig, ds: Dataset):
         opts["ops"] = cfg.ops
     if cfg.fusions is not None:
         opts["fusions"] = cfg.fusions
-    if getattr(cls, "target_from_data", False):  # CIFAR-style spaces deploy at the data's size
-        opts.setdefault("input_size", ds.input_size)
+    if getattr(cls, "classes_from_data", False):  # the deployed classifier has the data's classes
         opts.setdefault("num_classes", ds.num_classes)
     accepted = [k for k in inspect.signature(cls.__init__).parameters if k != "self"]
     for k in opts:
@@ -125,7 +125,8 @@ def _prepare_folder(cfg: SearchConfig, constraints) -> Path:
             raise RunError(f"--resume: {out} holds no run to resume (no config.json)")
         old = json.loads((out / "config.json").read_text())["config"]
         mine = dataclasses.asdict(cfg)
-        diff = [k for k in mine if k not in ("resume", "progress", "trials", "out") and old.get(k) != mine[k]]
+        diff = [k for k in mine if k not in ("resume", "progress", "trials", "out", "device", "threads")
+                and old.get(k) != mine[k]]
         if diff:
             raise RunError(f"--resume: settings differ from the run in {out}: {', '.join(diff)}")
     elif out.exists() and any(out.iterdir()):
@@ -150,6 +151,9 @@ def run(cfg: SearchConfig) -> Dict[str, Any]:
         sp = _space(cfg, ds)
     except (UnknownName, ValueError) as e:
         raise RunError(str(e)) from None
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RunError("--device cuda: this torch build sees no CUDA device")
     folder = _prepare_folder(cfg, constraints)
     latency = _latency(cfg, constraints, sp)
     objectives = _objectives(constraints, latency)
@@ -174,7 +178,7 @@ def run(cfg: SearchConfig) -> Dict[str, Any]:
         "latency_table": None if latency is None else {"path": str(latency.path), "sha256": latency.content_hash,
                                                        "meta": latency.meta},
         "seed": cfg.seed,
-        "device": device_info(),
+        "device": {**device_info(), "estimation_device": device},
         "versions": versions(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
@@ -188,7 +192,7 @@ def run(cfg: SearchConfig) -> Dict[str, Any]:
     t0 = time.time()
     splits = Splits.make(ds, cfg.batch_size, cfg.val_fraction, cfg.seed, cfg.calib_batches)
     est = SupernetEstimator(sp, splits, ds.num_classes, ds.input_size, cfg.epochs, cfg.lr, cfg.weight_decay,
-                            cfg.seed, checkpoint=folder / "supernet.pt", progress=cfg.progress)
+                            cfg.seed, checkpoint=folder / "supernet.pt", progress=cfg.progress, device=device)
     est.prepare()
     phases["supernet_training_s"] = time.time() - t0
 

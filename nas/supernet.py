@@ -24,11 +24,17 @@ from space.ops import aux_loss, set_progress, task_loss
 from .data import Batches
 
 
+def device_of(net: nn.Module) -> torch.device:
+    p = next(net.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
 def train_supernet(net: nn.Module, sample_arch: Callable[[random.Random], object], batches: Batches,
                    epochs: int, lr: float, weight_decay: float, seed: int, grad_clip: float = 5.0,
                    progress: bool = True) -> List[Dict[str, float]]:
     """Uniform single-path training; returns per-epoch mean loss and training accuracy."""
     torch.manual_seed(seed)
+    dev = device_of(net)
     rng = random.Random(seed)
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
     total = max(1, epochs * len(batches))
@@ -41,6 +47,7 @@ def train_supernet(net: nn.Module, sample_arch: Callable[[random.Random], object
         for epoch in range(epochs):
             t0, loss_sum, correct, seen = time.time(), 0.0, 0, 0
             for x, y in batches:
+                x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
                 net.set_active(sample_arch(rng))
                 set_progress(net, step / total)
                 out = net(x)
@@ -74,7 +81,9 @@ def recalibrate_bn(net: nn.Module, batches: Batches) -> None:
         m.reset_running_stats()
         m.momentum = None
     net.train()
+    dev = device_of(net)
     for x, y in batches:
+        x, y = x.to(dev), y.to(dev)
         task_loss(net, net(x), y)  # consumes per-forward state (GENet member logits)
     aux_loss(net)  # drop side losses left by training-mode forwards
     for m, mom in zip(bns, saved):
@@ -85,8 +94,10 @@ def recalibrate_bn(net: nn.Module, batches: Batches) -> None:
 @torch.no_grad()
 def accuracy(net: nn.Module, batches: Batches) -> float:
     net.eval()
+    dev = device_of(net)
     correct = seen = 0
     for x, y in batches:
+        x, y = x.to(dev), y.to(dev)
         correct += (net(x).argmax(1) == y).sum().item()
         seen += len(y)
     return correct / max(seen, 1)

@@ -25,9 +25,9 @@ from .supernet import accuracy
 
 
 def train(arch, splits: Splits, epochs: int, lr: float = 0.05, weight_decay: float = 3e-4,
-          drop_path: float = 0.0, seed: int = 0, progress: bool = True) -> Dict[str, object]:
+          drop_path: float = 0.0, seed: int = 0, progress: bool = True, device: str = "cpu") -> Dict[str, object]:
     torch.manual_seed(seed)
-    net = space.build(arch, deploy=False)
+    net = space.build(arch, deploy=False).to(device)
     opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
     total = max(1, epochs * len(splits.train))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
@@ -40,6 +40,7 @@ def train(arch, splits: Splits, epochs: int, lr: float = 0.05, weight_decay: flo
                 net.drop_path_prob = drop_path * epoch / max(1, epochs)
             loss_sum = seen = 0
             for x, y in splits.train:
+                x, y = x.to(device), y.to(device)
                 set_progress(net, step / total)
                 out = net(x)
                 loss = task_loss(net, out, y)
@@ -57,7 +58,8 @@ def train(arch, splits: Splits, epochs: int, lr: float = 0.05, weight_decay: flo
                 bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{loss_sum / seen:.3f}")
             history.append({"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "val_acc": accuracy(net, splits.val)})
     set_progress(net, 1.0)
-    net = deploy(net).eval()
+    net = deploy(net).eval()  # folding builds CPU-side modules: count on the CPU, score where trained
+    net = net.to(device)
     return {"net": net, "history": history, "val_acc": accuracy(net, splits.val),
             "test_acc": accuracy(net, splits.test)}
 
@@ -73,6 +75,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--drop-path", type=float, default=0.0, help="DARTS uses 0.2 for 600 epochs")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
     p.add_argument("--out", default=None, help="write the result JSON (and weights .pt) here")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
@@ -87,8 +90,9 @@ def main(argv: Optional[List[str]] = None) -> int:
               f"data's {tuple(ds.input_size)}", file=sys.stderr)
     splits = Splits.make(ds, a.batch_size, a.val_fraction, a.seed, calib_batches=1)
     t0 = time.time()
-    res = train(arch, splits, a.epochs, a.lr, a.weight_decay, a.drop_path, a.seed, progress=not a.quiet)
-    net = res["net"]
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
+    res = train(arch, splits, a.epochs, a.lr, a.weight_decay, a.drop_path, a.seed, progress=not a.quiet, device=device)
+    net = res["net"].cpu()
     out = {"arch_file": a.arch, "arch_hash": arch.arch_hash, "data": ds.describe(), "epochs": a.epochs,
            "test_acc": res["test_acc"], "val_acc": res["val_acc"], "params": params(net),
            "flops": count(net, [(1, *arch.input_size)]), "seconds": round(time.time() - t0, 1),

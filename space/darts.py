@@ -291,6 +291,17 @@ def build(arch: DartsArch, deploy: bool = True) -> nn.Module:
 
 # -- supernet ----------------------------------------------------------------------------
 
+def _supernet_edge(name: str, layer: _Layer, j: int) -> nn.Module:
+    """A candidate on a supernet edge, followed by an affine-free BN.  DARTS' search network
+    appends one after pooling ops; here every candidate gets one, because single-path training
+    switches ops between steps, and ops whose outputs differ in scale and mean (a max-pool's are
+    strongly positive, a conv's end in a zero-mean BN) otherwise make the shared cells and head
+    diverge: with sep_conv_3x3 and max_pool_3x3 as candidates the loss rose to 5 and stayed at
+    chance.  The deployed network has no such BN; recalibration re-estimates it per path."""
+    op = make_op(name, layer.C, layer.C, 2 if layer.reduction and j < 2 else 1, layer.hw if j < 2 else layer.hw_out)
+    return nn.Sequential(op, nn.BatchNorm2d(layer.C, affine=False))
+
+
 class SuperCell(nn.Module):
     def __init__(self, layer: _Layer, ops: Sequence[str], fusions: Sequence[str]):
         super().__init__()
@@ -298,9 +309,8 @@ class SuperCell(nn.Module):
         self.preprocess0 = _preprocess0(layer)
         self.preprocess1 = ReLUConvBN(layer.C_p, layer.C, 1)
         self.edges = nn.ModuleList(
-            nn.ModuleList(Choice.of(ops, lambda n, j=j: make_op(n, layer.C, layer.C, 2 if layer.reduction and j < 2 else 1,
-                                                                 layer.hw if j < 2 else layer.hw_out))
-                          for j in range(i + 2)) for i in range(STEPS))
+            nn.ModuleList(Choice.of(ops, lambda n, j=j: _supernet_edge(n, layer, j)) for j in range(i + 2))
+            for i in range(STEPS))
         self.combines = nn.ModuleList(Choice.of(fusions, lambda n: FUSIONS[n](layer.C)) for _ in range(STEPS))
         self.active: List[Tuple[int, int]] = [(0, 1)] * STEPS
 
@@ -367,7 +377,7 @@ def _pairs(node: int) -> List[str]:
 class DartsSpace(SearchSpace):
     name = "darts"
     arch_cls = DartsArch
-    target_from_data = True  # CIFAR-style: deployed at the data's resolution and class count
+    classes_from_data = True  # deployed with the data's class count; input size stays CIFAR's unless set
     presets = {"darts_v1": DARTS_V1, "darts_v2": DARTS_V2}
     build = staticmethod(build)
     parts = staticmethod(parts)
