@@ -161,6 +161,8 @@ def _report(s: Dict[str, Any]) -> None:
               f"{human(b['flops'])}FLOPs (multiply-adds), {human(b['params'])} params{lat}")
     else:
         print("no architecture within budget was found: raise --budget or --trials")
+    for w in s.get("warnings", []):
+        print(f"note: {w}")
     ph = s["phases"]
     print(f"time: supernet {ph['supernet_training_s']:.0f}s, search {ph['search_s']:.0f}s, export {ph['export_s']:.0f}s")
     print(f"results: {s['folder']}")

@@ -227,9 +227,24 @@ def run(cfg: SearchConfig) -> Dict[str, Any]:
     summary = finalize(folder, records, objectives, constraints, sp, est, costs, ds)
     phases["export_s"] = time.time() - t0
     summary.update(phases=phases, interrupted=interrupted, seconds=time.time() - t_start,
-                   counted_parts=costs.counter.traced)
+                   counted_parts=costs.counter.traced, supernet=est.history,
+                   warnings=_quality_warnings(est.history, records, ds.num_classes))
     write_json(folder / "summary.json", {k: v for k, v in summary.items() if k not in ("front", "best")})
     return summary
+
+
+def _quality_warnings(history, records: List[TrialRecord], num_classes: int) -> List[str]:
+    """Say so when the supernet's ranking is close to noise, rather than let a user trust it."""
+    out = []
+    chance = 1.0 / max(num_classes, 1)
+    if history and history[-1]["train_acc"] < 2 * chance:
+        out.append(f"the supernet reached only {history[-1]['train_acc']:.0%} training accuracy (chance "
+                   f"{chance:.0%}): its ranking of candidates is close to noise; raise --epochs (each candidate op "
+                   f"of an edge is trained only when sampled, so more ops need more epochs) or use --device cuda")
+    accs = {r.val_acc for r in records if r.val_acc is not None}
+    if len(accs) == 1 and sum(r.val_acc is not None for r in records) > 1:
+        out.append("every scored candidate got the same validation accuracy: the supernet predicts one class")
+    return out
 
 
 def _baselines(sp, est, costs: CostModel) -> pd.DataFrame:
