@@ -22,7 +22,7 @@ from .budget import Constraint, parse_budget, slug
 from .costs import CostModel
 from .data import Dataset, Splits, load_dataset
 from .estimators import SupernetEstimator
-from .export import best_record, export, front_records
+from .export import best_record, export
 from .flops import CONVENTION
 from .plots import plot_pareto
 from .problem import Objective, Problem, TrialRecord

@@ -12,7 +12,7 @@ import hashlib
 import json
 import typing
 from pathlib import Path
-from typing import Any, ClassVar, Dict, Tuple, Type, TypeVar
+from typing import Any, ClassVar, Dict, Type, TypeVar
 
 T = TypeVar("T", bound="ArchBase")
 FORMAT_VERSION = 1  # bumped when a stored JSON would no longer read back the same

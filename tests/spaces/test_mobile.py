@@ -16,8 +16,9 @@ from torch import nn
 import space
 from nas import flops
 from space.arch import ArchBase, ArchError
-from space.mobile import (MOBILENET_V2, MOBILENEXT, Block, MobileArch, MobileSpace, SuperBlock, build, parts,
-                          plan, supernet_strides)
+from space.mobile_supernet import SuperBlock, supernet_strides
+from space.mobile import (MOBILENET_V2, MOBILENEXT, Block, MobileArch, MobileSpace, build, parts,
+                          plan)
 from space.ops.genet import GENetHead, genet_loss
 from space.registries import ATTENTIONS, DW_CONVS, FUSIONS
 
