@@ -3,7 +3,6 @@ scratch (train-time form: DO-Conv/DEConv over-parameterised), fold it for deploy
 its test accuracy.  This is the number to trust; supernet accuracies only rank candidates."""
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
