@@ -10,6 +10,7 @@ from space.darts import Cell, DartsArch
 from space.ops import link_state
 from space.ops.base import WithState
 from space.ops.dca import DCASE, SE
+from resnet50 import resnet50  # tests/resnet50.py
 
 
 def _se_params(C, r=16):
@@ -186,39 +187,13 @@ def test_darts_network_with_dca_se_edges_costs_add_up_exactly():
 
 # -- DCA-SE-ResNet-50 (DCANet README: SE-ResNet-50 28.09M, DCA-SE-ResNet-50 28.65M) -------------
 
-class SEBottleneck(nn.Module):
-    def __init__(self, inplanes: int, planes: int, stride: int, att):
-        super().__init__()
-        out = planes * 4
-        self.body = nn.Sequential(
-            nn.Conv2d(inplanes, planes, 1, bias=False), nn.BatchNorm2d(planes), nn.ReLU(inplace=True),
-            nn.Conv2d(planes, planes, 3, stride, 1, bias=False), nn.BatchNorm2d(planes), nn.ReLU(inplace=True),
-            nn.Conv2d(planes, out, 1, bias=False), nn.BatchNorm2d(out))
-        self.downsample = None
-        if stride != 1 or inplanes != out:
-            self.downsample = nn.Sequential(nn.Conv2d(inplanes, out, 1, stride, bias=False), nn.BatchNorm2d(out))
-        self.se = att(inplanes, out)
-
-    def forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
-        return torch.relu(self.se(self.body(x)) + identity)
-
-
 class ResNet50(nn.Module):
     """torchvision-style ResNet-50 with an attention after each bottleneck's last BN, one DCA
     chain through the whole network as DCANet's ResNets (state cleared only per forward)."""
 
     def __init__(self, att):
         super().__init__()
-        layers = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
-                  nn.MaxPool2d(3, 2, 1)]
-        inplanes = 64
-        for i, (planes, blocks) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3))):
-            for b in range(blocks):
-                layers.append(SEBottleneck(inplanes, planes, 2 if b == 0 and i > 0 else 1, att))
-                inplanes = planes * 4
-        layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2048, 1000)]
-        self.body = nn.Sequential(*layers)
+        self.body = resnet50(att=att)
         self.state = link_state(self)
 
     def forward(self, x):

@@ -7,6 +7,7 @@ from torch import nn
 import space
 from nas import flops
 from space.ops.mscam_aff import AFF, IAFF, MSCAM
+from resnet50 import resnet50  # tests/resnet50.py
 
 
 def _silence(cam: MSCAM) -> None:
@@ -104,49 +105,16 @@ def test_registrations():
 
 # -- AFF-/iAFF-ResNet-50 (open-aff README: 30.3M / 35.1M) -------------------------------------
 
-class Bottleneck(nn.Module):
-    """torchvision's ResNet-50 bottleneck (stride on the 3x3) whose residual add is ``fuse``."""
-
-    def __init__(self, inplanes: int, planes: int, stride: int, fuse):
-        super().__init__()
-        out = planes * 4
-        self.body = nn.Sequential(
-            nn.Conv2d(inplanes, planes, 1, bias=False), nn.BatchNorm2d(planes), nn.ReLU(inplace=True),
-            nn.Conv2d(planes, planes, 3, stride, 1, bias=False), nn.BatchNorm2d(planes), nn.ReLU(inplace=True),
-            nn.Conv2d(planes, out, 1, bias=False), nn.BatchNorm2d(out))
-        self.downsample = None
-        if stride != 1 or inplanes != out:
-            self.downsample = nn.Sequential(nn.Conv2d(inplanes, out, 1, stride, bias=False), nn.BatchNorm2d(out))
-        self.fuse = fuse(out)
-
-    def forward(self, x):
-        identity = x if self.downsample is None else self.downsample(x)
-        return torch.relu(self.fuse(self.body(x), identity))
-
-
-def resnet50(fuse_for_stage) -> nn.Module:
-    """torchvision-style ResNet-50; ``fuse_for_stage(i)`` gives the residual merge of stage i."""
-    layers = [nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=True),
-              nn.MaxPool2d(3, 2, 1)]
-    inplanes = 64
-    for i, (planes, blocks) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3))):
-        for b in range(blocks):
-            layers.append(Bottleneck(inplanes, planes, 2 if b == 0 and i > 0 else 1, fuse_for_stage(i)))
-            inplanes = planes * 4
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2048, 1000)]
-    return nn.Sequential(*layers)
-
-
 def test_aff_and_iaff_resnet50_params():
     """Recipe [M] of modules.md: r = 16, AFF/iAFF in stages 3-4 only (MXNet --start-layer 3)."""
     plain = space.FUSIONS["sum"]
-    assert flops.params(resnet50(lambda i: plain)) == 25_557_032  # torchvision resnet50
+    assert flops.params(resnet50(fuse_for_stage=lambda i: plain)) == 25_557_032  # torchvision resnet50
 
     def with_fusion(cls):
         return lambda i: (lambda C: cls(C, r=16)) if i >= 2 else plain
 
-    aff = flops.params(resnet50(with_fusion(AFF)))
-    iaff = flops.params(resnet50(with_fusion(IAFF)))
+    aff = flops.params(resnet50(fuse_for_stage=with_fusion(AFF)))
+    iaff = flops.params(resnet50(fuse_for_stage=with_fusion(IAFF)))
     assert aff == 30_353_960 and iaff == 35_150_888
     assert abs(aff / 30.354e6 - 1) < 0.001 and abs(iaff / 35.151e6 - 1) < 0.001
     assert (aff // 100_000, iaff // 100_000) == (303, 351)  # the README's 30.3M / 35.1M
