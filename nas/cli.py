@@ -68,9 +68,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="limit on the deployed network: 300MFLOPs (fvcore: 1 FLOP = 1 multiply-add), "
                         "300MMACs, 2.5Mparams, 5ms; comma-join several")
     p.add_argument("--space", default="darts", help="search space: darts (default), mobile, metaformer (see --list)")
-    p.add_argument("--driver", default="optuna", help="search backend: optuna (default) or random")
-    p.add_argument("--sampler", default="nsga2", choices=["nsga2", "tpe"],
-                   help="Optuna sampler: nsga2 (multi-objective with constraints, default) or tpe")
+    p.add_argument("--driver", default="optuna", help="search backend: optuna (default), random, ray (Ray Tune, "
+                   "pip extra plugnas[ray]) or nni (NNI 3.0, pip extra plugnas[nni])")
+    p.add_argument("--sampler", default="nsga2", choices=["nsga2", "tpe", "random", "evolution"],
+                   help="proposal algorithm: nsga2 (default; multi-objective with constraints; nni: regularized "
+                        "evolution), tpe, random (ray, nni), evolution (nni)")
+    p.add_argument("--driver-opt", type=_kv, action="append", default=[], metavar="KEY=VALUE",
+                   help="driver settings, e.g. ray: address=HOST:PORT concurrency=8 cpus_per_trial=2; "
+                        "nni: strategy=tpe mutation_prob=0.1 (repeatable)")
     p.add_argument("--trials", type=int, default=64, help="candidates to propose (default 64); over-budget ones "
                    "are rejected in milliseconds, before any training or evaluation")
     p.add_argument("--epochs", type=int, default=6, help="supernet training epochs (default 6)")
@@ -126,6 +131,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     cfg = SearchConfig(budget=args.budget, space=args.space, ops=args.ops, fusions=args.fusions,
                        space_options=dict(args.space_opt), driver=args.driver, sampler=args.sampler,
+                       driver_options=dict(args.driver_opt),
                        population=args.population, trials=args.trials, epochs=args.epochs,
                        batch_size=args.batch_size, lr=args.lr, data=args.data, out=args.out, seed=args.seed,
                        storage=args.storage, latency_lut=args.latency_lut, force_lut=args.force_lut,

@@ -44,6 +44,7 @@ class SearchConfig:
     space_options: Dict[str, Any] = field(default_factory=dict)  # other space settings, e.g. cells=14
     driver: str = "optuna"  # search backend (nas.drivers)
     sampler: str = "nsga2"  # Optuna: nsga2 handles several objectives and constraints natively; or tpe
+    driver_options: Dict[str, Any] = field(default_factory=dict)  # e.g. ray: address, concurrency
     population: Optional[int] = None  # NSGA-II population; None = trials/4 within 8..50, so short runs evolve
     trials: int = 64  # candidates proposed; rejected ones cost milliseconds, scored ones ~a second
     epochs: int = 6  # supernet epochs: a usable ranking within minutes on a 2-core CPU
@@ -125,7 +126,8 @@ def _prepare_folder(cfg: SearchConfig, constraints) -> Path:
             raise RunError(f"--resume: {out} holds no run to resume (no config.json)")
         old = json.loads((out / "config.json").read_text())["config"]
         mine = dataclasses.asdict(cfg)
-        diff = [k for k in mine if k not in ("resume", "progress", "trials", "out", "device", "threads")
+        diff = [k for k in mine if k not in ("resume", "progress", "trials", "out", "device", "threads",
+                                             "driver_options")
                 and old.get(k) != mine[k]]
         if diff:
             raise RunError(f"--resume: settings differ from the run in {out}: {', '.join(diff)}")
@@ -159,9 +161,13 @@ def run(cfg: SearchConfig) -> Dict[str, Any]:
     objectives = _objectives(constraints, latency)
     storage = cfg.storage or f"sqlite:///{(folder / 'study.db').resolve()}"
     try:
+        unknown = sorted(set(cfg.driver_options) - set(drivers.options(cfg.driver)))
+        if unknown:
+            raise ValueError(f"driver {cfg.driver!r} takes no option {', '.join(unknown)}; "
+                             f"its options: {', '.join(drivers.options(cfg.driver)) or 'none'}")
         driver = drivers.get(cfg.driver, storage=storage, study_name=folder.name, sampler=cfg.sampler,
-                             population=cfg.population, folder=folder)
-    except (drivers.DriverUnavailable, ValueError) as e:
+                             population=cfg.population, folder=folder, **cfg.driver_options)
+    except (drivers.DriverUnavailable, ValueError, TypeError) as e:
         raise RunError(str(e)) from None
     settings = sp.settings()
     config = {

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 from typing import Dict, List, Tuple
 
 from .base import Driver
@@ -10,6 +11,8 @@ from .base import Driver
 _DRIVERS: Dict[str, Tuple[str, str, str]] = {
     "optuna": ("nas.drivers.optuna", "OptunaDriver", ""),
     "random": ("nas.drivers.random", "RandomDriver", ""),
+    "ray": ("nas.drivers.ray", "RayDriver", "ray"),
+    "nni": ("nas.drivers.nni", "NNIDriver", "nni"),
 }
 
 
@@ -25,7 +28,11 @@ def register(name: str, module: str, cls: str, extra: str = "") -> None:
     _DRIVERS[name] = (module, cls, extra)
 
 
-def get(name: str, **options) -> Driver:
+# what nas.run passes every driver; anything else a driver's constructor names is its own option
+COMMON = ("storage", "study_name", "sampler", "population", "folder")
+
+
+def _class(name: str):
     if name not in _DRIVERS:
         raise DriverUnavailable(f"unknown driver {name!r}; known: {', '.join(_DRIVERS)}")
     module, cls, extra = _DRIVERS[name]
@@ -34,4 +41,14 @@ def get(name: str, **options) -> Driver:
     except ModuleNotFoundError as e:
         hint = f" (pip install 'plugnas[{extra}]')" if extra else ""
         raise DriverUnavailable(f"driver {name!r} needs {e.name}, which is not installed{hint}") from None
-    return getattr(mod, cls)(**options)
+    return getattr(mod, cls)
+
+
+def options(name: str) -> List[str]:
+    """The driver-specific settings (``--driver-opt``) a driver's constructor accepts."""
+    params = inspect.signature(_class(name).__init__).parameters.values()
+    return [p.name for p in params if p.name not in ("self", *COMMON) and p.kind is p.POSITIONAL_OR_KEYWORD]
+
+
+def get(name: str, **kwargs) -> Driver:
+    return _class(name)(**kwargs)
