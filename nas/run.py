@@ -156,6 +156,10 @@ def run(cfg: SearchConfig) -> Dict[str, Any]:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise RunError("--device cuda: this torch build sees no CUDA device")
+    try:
+        drivers.options(cfg.driver)  # an unknown or uninstalled driver fails before any folder exists
+    except drivers.DriverUnavailable as e:
+        raise RunError(str(e)) from None
     folder = _prepare_folder(cfg, constraints)
     latency = _latency(cfg, constraints, sp)
     objectives = _objectives(constraints, latency)

@@ -112,6 +112,7 @@ def test_bad_inputs_are_one_line_errors(tmp_path, args, msg):
     assert r.returncode == 2, r.stderr
     lines = [l for l in r.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and msg in lines[0] and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "x").exists(), "a refused run leaves no folder behind"
 
 
 def test_train_an_exported_arch(runs, capsys):
