@@ -1,0 +1,189 @@
+"""Timing primitives: what one latency measurement is, on CPU and on CUDA.
+
+Every number in a table, a calibration and a validation comes from ``time_interleaved``:
+callables are run in rounds, each round visiting every callable once in a fresh random order,
+and each call is timed on its own.  Interleaving matters on a CPU: an op timed back to back with
+itself finds its weights and input in cache and runs faster than inside a network, and slow
+drifts of the machine (frequency, a neighbour's load) spread over all callables alike instead of
+biasing whichever was timed last.  On CUDA each call is bracketed by ``synchronize`` so the time
+is the kernel time plus launch overhead, i.e. batch-1 latency.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import platform
+import random
+import time
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+Shape = Tuple[int, ...]
+STATS = ("median", "mean", "min", "p20")
+
+
+class LatencyError(RuntimeError):
+    """A latency table or measurement that cannot be used; the message is one line."""
+
+
+# -- the device ------------------------------------------------------------------------------
+
+def cpu_model() -> str:
+    """The CPU model string (``/proc/cpuinfo`` ``model name``, else the platform's)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown cpu"
+
+
+def device_type(device: Union[str, torch.device]) -> str:
+    t = torch.device(device).type
+    if t not in ("cpu", "cuda"):
+        raise LatencyError(f"latency tables support cpu and cuda devices, not {t!r}")
+    return t
+
+
+def device_identity(device: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
+    """What decides whether a table measured elsewhere applies here: type, model, CPU count."""
+    t = device_type(device)
+    if t == "cuda":
+        if not torch.cuda.is_available():
+            raise LatencyError("a cuda device was asked for but torch sees no GPU here")
+        idx = torch.device(device).index or 0
+        return {"type": "cuda", "model": torch.cuda.get_device_name(idx), "cpus": os.cpu_count()}
+    return {"type": "cpu", "model": cpu_model(), "cpus": os.cpu_count()}
+
+
+def describe(identity: Dict[str, Any]) -> str:
+    return f"{identity.get('model')} ({identity.get('type')}, {identity.get('cpus')} CPUs)"
+
+
+@contextlib.contextmanager
+def num_threads(n: Optional[int]) -> Iterator[int]:
+    """Run the body with ``n`` intra-op threads (None: leave as is); restores the old count."""
+    old = torch.get_num_threads()
+    if n is not None and n != old:
+        torch.set_num_threads(int(n))
+    try:
+        yield torch.get_num_threads()
+    finally:
+        if torch.get_num_threads() != old:
+            torch.set_num_threads(old)
+
+
+def make_inputs(shapes: Sequence[Shape], batch: int = 1, device: Union[str, torch.device] = "cpu",
+                dtype: torch.dtype = torch.float32, seed: int = 0) -> Tuple[torch.Tensor, ...]:
+    """Random inputs of the given batch-1 shapes, with the batch dimension set to ``batch``."""
+    g = torch.Generator().manual_seed(seed)
+    return tuple(torch.randn((batch, *tuple(s)[1:]), generator=g, dtype=dtype).to(device) for s in shapes)
+
+
+def _as_shapes(input_shape: Union[Shape, Sequence[Shape]]) -> List[Shape]:
+    """One shape ``(1, 3, 32, 32)`` or a sequence of shapes -> list of shapes."""
+    if len(input_shape) and all(isinstance(v, int) for v in input_shape):
+        return [tuple(input_shape)]  # type: ignore[arg-type]
+    return [tuple(s) for s in input_shape]  # type: ignore[union-attr]
+
+
+# -- timing ----------------------------------------------------------------------------------
+
+def statistic(samples: Sequence[float], stat: str = "median") -> float:
+    a = np.asarray(samples, dtype=float)
+    if a.size == 0:
+        raise LatencyError("no timing samples")
+    if stat == "median":
+        return float(np.median(a))
+    if stat == "mean":
+        return float(a.mean())
+    if stat == "min":
+        return float(a.min())
+    if stat == "p20":
+        return float(np.percentile(a, 20))
+    raise LatencyError(f"unknown statistic {stat!r}; known: {', '.join(STATS)}")
+
+
+def time_interleaved(calls: Sequence[Callable[[], Any]], rounds: int = 30, warmup: int = 3,
+                     device: Union[str, torch.device] = "cpu", seed: int = 0,
+                     min_seconds: float = 0.0, max_seconds: float = float("inf"),
+                     on_round: Optional[Callable[[int], None]] = None) -> List[List[float]]:
+    """Per-call timing samples (ms) of ``calls`` run in shuffled rounds.
+
+    ``warmup`` untimed rounds come first.  At least ``rounds`` timed rounds run, more while
+    ``min_seconds`` has not passed, fewer (but at least 3) once ``max_seconds`` has passed.
+    """
+    cuda = device_type(device) == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    clock = time.perf_counter_ns
+    rng = random.Random(seed)
+    order = list(range(len(calls)))
+    samples: List[List[float]] = [[] for _ in calls]
+    with torch.inference_mode():
+        for _ in range(warmup):
+            rng.shuffle(order)
+            for i in order:
+                calls[i]()
+        sync()
+        start = time.perf_counter()
+        r = 0
+        while True:
+            elapsed = time.perf_counter() - start
+            if r >= rounds and elapsed >= min_seconds:
+                break
+            if r >= 3 and elapsed >= max_seconds:
+                break
+            rng.shuffle(order)
+            for i in order:
+                sync()
+                t0 = clock()
+                calls[i]()
+                sync()
+                samples[i].append((clock() - t0) / 1e6)
+            r += 1
+            if on_round is not None:
+                on_round(r)
+    return samples
+
+
+def _prepare(model: nn.Module, device: Union[str, torch.device]) -> nn.Module:
+    return model.to(device).eval()
+
+
+def measure_models(models: Sequence[nn.Module], input_shapes: Sequence[Union[Shape, Sequence[Shape]]],
+                   device: Union[str, torch.device] = "cpu", threads: Optional[int] = None,
+                   batch: int = 1, rounds: int = 30, warmup: int = 3, stat: str = "median",
+                   seed: int = 0, min_seconds: float = 0.0,
+                   max_seconds: float = float("inf")) -> List[float]:
+    """End-to-end latency (ms) of each model, measured interleaved in one process."""
+    calls = []
+    for m, shapes in zip(models, input_shapes):
+        m = _prepare(m, device)
+        xs = make_inputs(_as_shapes(shapes), batch, device)
+        calls.append(lambda m=m, xs=xs: m(*xs))
+    with num_threads(threads):
+        samples = time_interleaved(calls, rounds, warmup, device, seed, min_seconds, max_seconds)
+    return [statistic(s, stat) for s in samples]
+
+
+def measure_model(model: nn.Module, input_shape: Union[Shape, Sequence[Shape]],
+                  device: Union[str, torch.device] = "cpu", threads: Optional[int] = None,
+                  batch: Optional[int] = None, repeats: int = 30, warmup: int = 3,
+                  stat: str = "median", min_seconds: float = 0.2,
+                  max_seconds: float = 10.0) -> float:
+    """Latency (ms) of one model: warm-up runs, then ``stat`` of at least ``repeats`` timed runs
+    (and at least ``min_seconds`` of them).
+
+    ``input_shape`` includes the batch dimension (``(1, 3, 224, 224)``), or is a list of shapes
+    for a model with several inputs; ``batch`` overrides the batch dimension.
+    """
+    shapes = _as_shapes(input_shape)
+    if batch is None:
+        batch = shapes[0][0] if shapes[0] else 1
+    return measure_models([model], [shapes], device, threads, batch, repeats, warmup, stat,
+                          min_seconds=min_seconds, max_seconds=max_seconds)[0]

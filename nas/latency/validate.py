@@ -1,0 +1,89 @@
+"""How good a table is: predicted vs measured latency of random networks of its space.
+
+The networks are timed end to end in this process (interleaved in groups, as the build times
+its networks), after ``calibrate()``; metrics follow nn-Meter (RMSE, RMSPE, share within
++-5% / +-10%).  The plain sum of entries is reported beside the model for comparison.
+"""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import pandas as pd
+
+from .measure import LatencyError, measure_models
+from .predict import Predictor
+
+
+def metrics(pred: Sequence[float], true: Sequence[float]) -> Dict[str, float]:
+    p, t = np.asarray(pred, float), np.asarray(true, float)
+    e = p / t - 1
+    return {"n": int(len(t)), "rmse_ms": float(np.sqrt(np.mean((p - t) ** 2))),
+            "rmspe_pct": float(100 * np.sqrt(np.mean(e ** 2))),
+            "within5_pct": float(100 * np.mean(np.abs(e) <= 0.05)),
+            "within10_pct": float(100 * np.mean(np.abs(e) <= 0.10)),
+            "mean_err_pct": float(100 * np.mean(e)), "max_abs_err_pct": float(100 * np.max(np.abs(e)))}
+
+
+def validate(predictor: Predictor, space: Any, samples: int = 50, seed: int = 1, group: Optional[int] = None,
+             rounds: Optional[int] = None, calibrate: bool = True,
+             progress: bool = False) -> Tuple[pd.DataFrame, Dict[str, Any]]:
+    """(per-network DataFrame, summary) over ``samples`` random archs of ``space``."""
+    if not predictor.native:
+        raise LatencyError("validation times networks here, but the table was measured on another device")
+    ms = predictor.meta.get("measure", {})
+    group = group or ms.get("net_group", 8)
+    rounds = rounds or ms.get("net_rounds", 15)
+    scale = predictor.calibrate() if calibrate else 1.0
+    rng = random.Random(f"validation:{seed}")
+    archs = [space.sample(rng) for _ in range(samples)]
+    rows = []
+    from tqdm.auto import tqdm
+    with tqdm(total=samples, desc="validate", unit="net", disable=not progress) as bar:
+        for g in range(0, samples, group):
+            chunk = archs[g:g + group]
+            models = [space.build(a) for a in chunk]
+            times = measure_models(models, [(1, *a.input_size) for a in chunk], predictor.device_type,
+                                   predictor.threads, predictor.batch, rounds, ms.get("warmup", 3),
+                                   ms.get("stat", "median"), seed=seed * 1000 + g)
+            for a, t in zip(chunk, times):
+                parts = space.parts(a)
+                pred = predictor.predict(parts)
+                naive = predictor.sum_entries(parts) * scale
+                rows.append({"arch": a.arch_hash, "parts": len(parts), "measured_ms": t, "predicted_ms": pred,
+                             "err_pct": 100 * (pred / t - 1), "sum_ms": naive,
+                             "sum_err_pct": 100 * (naive / t - 1)})
+            bar.update(len(chunk))
+    df = pd.DataFrame(rows)
+    summary = {"table": str(predictor.path), "table_sha256": predictor.content_hash, "space": space.name,
+               "samples": samples, "seed": seed, "scale": scale, "model": predictor.model.name,
+               **metrics(df["predicted_ms"], df["measured_ms"]),
+               "sum": metrics(df["sum_ms"], df["measured_ms"])}
+    return df, summary
+
+
+def format_report(df: pd.DataFrame, summary: Dict[str, Any]) -> str:
+    s, n = summary, summary["sum"]
+    lines = [df.to_string(index=False, float_format=lambda v: f"{v:.3f}"), "",
+             f"{'':14s}{'RMSE ms':>10s}{'RMSPE %':>10s}{'<=5% %':>9s}{'<=10% %':>9s}{'mean err %':>12s}",
+             f"{'model ' + s['model'][:8]:14s}{s['rmse_ms']:10.3f}{s['rmspe_pct']:10.2f}{s['within5_pct']:9.1f}"
+             f"{s['within10_pct']:9.1f}{s['mean_err_pct']:12.2f}",
+             f"{'plain sum':14s}{n['rmse_ms']:10.3f}{n['rmspe_pct']:10.2f}{n['within5_pct']:9.1f}"
+             f"{n['within10_pct']:9.1f}{n['mean_err_pct']:12.2f}",
+             f"{s['samples']} networks of {s['space']}, drift scale {s['scale']:.3f}, table {s['table']}"]
+    return "\n".join(lines)
+
+
+def write_report(df: pd.DataFrame, summary: Dict[str, Any], path: Union[str, Path]) -> Path:
+    """``.csv``: per-network rows (summary in ``<path>.summary.json``); anything else: the text report."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".csv":
+        df.to_csv(path, index=False)
+        path.with_name(path.name + ".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    else:
+        path.write_text(format_report(df, summary) + "\n\n" + json.dumps(summary, indent=2) + "\n")
+    return path
