@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from .measure import (LatencyError, device_identity, make_inputs, measure_models, num_threads,
+from .measure import (LatencyError, OtherLoad, device_identity, make_inputs, measure_models, num_threads,
                       statistic, time_interleaved)
 from .model import Sample, fit
 from .predict import time_references
@@ -168,6 +168,7 @@ def build_table(space_name: str, settings: Optional[Dict[str, Any]] = None,
     bar = tqdm(total=len(parts) + len(nets), initial=len(parts) - len(todo) + len(nets_done),
                desc=f"{space_name} on {ident['model']}", unit="part", disable=not progress,
                file=sys.stderr, dynamic_ncols=True)
+    load = OtherLoad().__enter__()
     try:
         bar.set_postfix_str("reference")
         rec(reference={"ms": time_references(refs, device, threads, batch, ms)})
@@ -204,9 +205,11 @@ def build_table(space_name: str, settings: Optional[Dict[str, Any]] = None,
             bar.update(len(idx))
     finally:
         bar.close()
+        load.__exit__(None, None, None)
 
     table = assemble(records, header, space, nets, refs)
     table.meta.update(date=_now(), build_seconds=round(time.time() - t_start, 1), sessions=session,
+                      other_load=load.share,
                       python=platform.python_version(), numpy=np.__version__)
     if out is not None:
         table.save(out)

@@ -92,6 +92,38 @@ def _as_shapes(input_shape: Union[Shape, Sequence[Shape]]) -> List[Shape]:
     return [tuple(s) for s in input_shape]  # type: ignore[union-attr]
 
 
+class OtherLoad:
+    """Share of the machine's CPU time used by *other* processes while the block ran.
+
+    Timings taken while it is above ~0.05 are suspect.  ``share`` is None where /proc/stat
+    is unavailable (not Linux).
+    """
+
+    share: Optional[float] = None
+
+    @staticmethod
+    def _busy() -> Optional[int]:
+        try:
+            with open("/proc/stat") as f:
+                v = [int(x) for x in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        return sum(v[:8]) - v[3] - v[4]  # all but idle and iowait, in clock ticks
+
+    def __enter__(self) -> "OtherLoad":
+        self._b0, self._w0 = self._busy(), time.perf_counter()
+        self._c0 = time.process_time()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        b1 = self._busy()
+        wall = time.perf_counter() - self._w0
+        if b1 is None or self._b0 is None or wall <= 0:
+            return
+        others = (b1 - self._b0) / os.sysconf("SC_CLK_TCK") - (time.process_time() - self._c0)
+        self.share = round(min(1.0, max(0.0, others / (wall * (os.cpu_count() or 1)))), 3)
+
+
 # -- timing ----------------------------------------------------------------------------------
 
 def statistic(samples: Sequence[float], stat: str = "median") -> float:
@@ -112,15 +144,26 @@ def statistic(samples: Sequence[float], stat: str = "median") -> float:
 def time_interleaved(calls: Sequence[Callable[[], Any]], rounds: int = 30, warmup: int = 3,
                      device: Union[str, torch.device] = "cpu", seed: int = 0,
                      min_seconds: float = 0.0, max_seconds: float = float("inf"),
-                     on_round: Optional[Callable[[int], None]] = None) -> List[List[float]]:
+                     on_round: Optional[Callable[[int], None]] = None,
+                     clock: str = "wall") -> List[List[float]]:
     """Per-call timing samples (ms) of ``calls`` run in shuffled rounds.
 
     ``warmup`` untimed rounds come first.  At least ``rounds`` timed rounds run, more while
     ``min_seconds`` has not passed, fewer (but at least 3) once ``max_seconds`` has passed.
+    ``clock="thread"`` counts the calling thread's CPU time instead of wall time: time spent
+    descheduled no longer counts, which makes single-threaded CPU timings usable on a loaded
+    machine (a development aid; with more threads the other threads' work would be missed).
     """
     cuda = device_type(device) == "cuda"
     sync = torch.cuda.synchronize if cuda else (lambda: None)
-    clock = time.perf_counter_ns
+    if clock == "thread":
+        if cuda or torch.get_num_threads() != 1:
+            raise LatencyError("clock='thread' only measures single-threaded CPU work (threads=1)")
+        clock_fn = time.thread_time_ns
+    elif clock == "wall":
+        clock_fn = time.perf_counter_ns
+    else:
+        raise LatencyError(f"unknown clock {clock!r} (wall or thread)")
     rng = random.Random(seed)
     order = list(range(len(calls)))
     samples: List[List[float]] = [[] for _ in calls]
@@ -141,10 +184,10 @@ def time_interleaved(calls: Sequence[Callable[[], Any]], rounds: int = 30, warmu
             rng.shuffle(order)
             for i in order:
                 sync()
-                t0 = clock()
+                t0 = clock_fn()
                 calls[i]()
                 sync()
-                samples[i].append((clock() - t0) / 1e6)
+                samples[i].append((clock_fn() - t0) / 1e6)
             r += 1
             if on_round is not None:
                 on_round(r)
@@ -159,7 +202,7 @@ def measure_models(models: Sequence[nn.Module], input_shapes: Sequence[Union[Sha
                    device: Union[str, torch.device] = "cpu", threads: Optional[int] = None,
                    batch: int = 1, rounds: int = 30, warmup: int = 3, stat: str = "median",
                    seed: int = 0, min_seconds: float = 0.0,
-                   max_seconds: float = float("inf")) -> List[float]:
+                   max_seconds: float = float("inf"), clock: str = "wall") -> List[float]:
     """End-to-end latency (ms) of each model, measured interleaved in one process."""
     calls = []
     for m, shapes in zip(models, input_shapes):
@@ -167,7 +210,8 @@ def measure_models(models: Sequence[nn.Module], input_shapes: Sequence[Union[Sha
         xs = make_inputs(_as_shapes(shapes), batch, device)
         calls.append(lambda m=m, xs=xs: m(*xs))
     with num_threads(threads):
-        samples = time_interleaved(calls, rounds, warmup, device, seed, min_seconds, max_seconds)
+        samples = time_interleaved(calls, rounds, warmup, device, seed, min_seconds, max_seconds,
+                                   clock=clock)
     return [statistic(s, stat) for s in samples]
 
 
@@ -175,7 +219,7 @@ def measure_model(model: nn.Module, input_shape: Union[Shape, Sequence[Shape]],
                   device: Union[str, torch.device] = "cpu", threads: Optional[int] = None,
                   batch: Optional[int] = None, repeats: int = 30, warmup: int = 3,
                   stat: str = "median", min_seconds: float = 0.2,
-                  max_seconds: float = 10.0) -> float:
+                  max_seconds: float = 10.0, clock: str = "wall") -> float:
     """Latency (ms) of one model: warm-up runs, then ``stat`` of at least ``repeats`` timed runs
     (and at least ``min_seconds`` of them).
 
@@ -186,4 +230,4 @@ def measure_model(model: nn.Module, input_shape: Union[Shape, Sequence[Shape]],
     if batch is None:
         batch = shapes[0][0] if shapes[0] else 1
     return measure_models([model], [shapes], device, threads, batch, repeats, warmup, stat,
-                          min_seconds=min_seconds, max_seconds=max_seconds)[0]
+                          min_seconds=min_seconds, max_seconds=max_seconds, clock=clock)[0]

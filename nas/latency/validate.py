@@ -14,8 +14,11 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 import pandas as pd
 
-from .measure import LatencyError, measure_models
+from .measure import LatencyError, OtherLoad, measure_models
 from .predict import Predictor
+
+
+LOAD_WARNING = 0.05  # share of the CPU used by other processes above which timings are suspect
 
 
 def metrics(pred: Sequence[float], true: Sequence[float]) -> Dict[str, float]:
@@ -37,6 +40,7 @@ def validate(predictor: Predictor, space: Any, samples: int = 50, seed: int = 1,
     ms = predictor.meta.get("measure", {})
     group = group or ms.get("net_group", 8)
     rounds = rounds or ms.get("net_rounds", 15)
+    load = OtherLoad().__enter__()
     scale = predictor.calibrate() if calibrate else 1.0
     rng = random.Random(f"validation:{seed}")
     archs = [space.sample(rng) for _ in range(samples)]
@@ -57,8 +61,9 @@ def validate(predictor: Predictor, space: Any, samples: int = 50, seed: int = 1,
                              "err_pct": 100 * (pred / t - 1), "sum_ms": naive,
                              "sum_err_pct": 100 * (naive / t - 1)})
             bar.update(len(chunk))
+    load.__exit__(None, None, None)
     df = pd.DataFrame(rows)
-    summary = {"table": str(predictor.path), "table_sha256": predictor.content_hash, "space": space.name,
+    summary = {"other_load": load.share, "table": str(predictor.path), "table_sha256": predictor.content_hash, "space": space.name,
                "samples": samples, "seed": seed, "scale": scale, "model": predictor.model.name,
                **metrics(df["predicted_ms"], df["measured_ms"]),
                "sum": metrics(df["sum_ms"], df["measured_ms"])}
@@ -74,6 +79,9 @@ def format_report(df: pd.DataFrame, summary: Dict[str, Any]) -> str:
              f"{'plain sum':14s}{n['rmse_ms']:10.3f}{n['rmspe_pct']:10.2f}{n['within5_pct']:9.1f}"
              f"{n['within10_pct']:9.1f}{n['mean_err_pct']:12.2f}",
              f"{s['samples']} networks of {s['space']}, drift scale {s['scale']:.3f}, table {s['table']}"]
+    if (s.get("other_load") or 0) > LOAD_WARNING:
+        lines.append(f"warning: other processes used {100 * s['other_load']:.0f}% of the CPU meanwhile; "
+                     f"these timings are not reliable")
     return "\n".join(lines)
 
 
