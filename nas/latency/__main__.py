@@ -51,9 +51,9 @@ def _build(a: argparse.Namespace) -> int:
           f"{m['name']} (factor {m['factor']:.3f}, overhead {m['overhead_ms']:.3f} ms"
           + (f", leave-one-out RMSPE {100 * cv['rmspe']:.1f}%, within 10% {100 * cv['within10']:.0f}%" if cv else "")
           + f"), {table.meta['build_seconds']:.0f} s")
-    load = table.meta.get("other_load")
-    if load is not None and load > LOAD_WARNING:
-        print(f"warning: other processes used {100 * load:.0f}% of the CPU during the build; "
+    load = table.meta.get("max_chunk_load")
+    if load is not None and load > max(LOAD_WARNING, table.meta["measure"]["max_load"]):
+        print(f"warning: other processes used up to {100 * load:.0f}% of the CPU during the build; "
               f"rebuild on an idle machine (--restart) before shipping this table", file=sys.stderr)
     return 0
 

@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from .measure import (LatencyError, OtherLoad, device_identity, make_inputs, measure_models, num_threads,
+from .measure import (LatencyError, OtherLoad, device_identity, gated, make_inputs, measure_models, num_threads,
                       statistic, time_interleaved)
 from .model import Sample, fit
 from .predict import time_references
@@ -45,6 +45,8 @@ MEASURE_DEFAULTS: Dict[str, Any] = {
     "ref_repeats": 30,  # timed runs of a reference network (calibration uses the same)
     "ref_seconds": 1.0,  # ... and at least this long
     "seed": 0,  # networks sampled, round orders
+    "max_load": 0.1,  # a chunk timed while other processes used more of the CPU is timed again...
+    "max_wait": 120.0,  # ... after waiting (at most this many seconds per chunk) for a calm machine
 }
 
 
@@ -55,6 +57,13 @@ def _now() -> str:
 def _archs(space: Any, tag: str, n: int, seed: int) -> List[Any]:
     rng = random.Random(f"{tag}:{seed}")
     return [space.sample(rng) for _ in range(n)]
+
+
+def _what(value: Any, key: str) -> Any:
+    """A header field as far as it decides the numbers (how long to wait for calm does not)."""
+    if key == "measure" and isinstance(value, dict):
+        return {k: v for k, v in value.items() if k not in ("max_load", "max_wait")}
+    return value
 
 
 class Journal:
@@ -69,7 +78,7 @@ class Journal:
                 old = json.loads(lines[0])["header"]
             except (IndexError, ValueError, KeyError, TypeError):
                 raise LatencyError(f"{path}: unreadable partial build; delete it or pass --restart") from None
-            diff = sorted(k for k in set(old) | set(header) if k not in ("date",) and old.get(k) != header.get(k))
+            diff = sorted(k for k in set(old) | set(header) if _what(old.get(k), k) != _what(header.get(k), k))
             if diff:
                 raise LatencyError(f"{path} is a partial build with other settings (differs in: "
                                    f"{', '.join(diff)}); delete it or pass --restart")
@@ -168,16 +177,25 @@ def build_table(space_name: str, settings: Optional[Dict[str, Any]] = None,
     bar = tqdm(total=len(parts) + len(nets), initial=len(parts) - len(todo) + len(nets_done),
                desc=f"{space_name} on {ident['model']}", unit="part", disable=not progress,
                file=sys.stderr, dynamic_ncols=True)
+    def gate(fn):
+        out = gated(fn, ms["max_load"], ms["max_wait"])
+        if out[2]:
+            bar.set_postfix_str(f"timed again after other processes' load")
+        return out
+
     load = OtherLoad().__enter__()
     try:
         bar.set_postfix_str("reference")
-        rec(reference={"ms": time_references(refs, device, threads, batch, ms)})
+        ref, share, _ = gate(lambda: time_references(refs, device, threads, batch, ms))
+        rec(reference={"ms": ref, "load": share})
         rng = random.Random(ms["seed"])
         for i in range(0, len(todo), ms["chunk"]):
             chunk = todo[i:i + ms["chunk"]]
             bar.set_postfix_str(f"parts {chunk[0].kind}")
-            for row in _part_rows(chunk, device, threads, batch, ms, rng.randrange(1 << 30)):
-                rec(part=row)
+            seed = rng.randrange(1 << 30)
+            rows, share, _ = gate(lambda: _part_rows(chunk, device, threads, batch, ms, seed))
+            for row in rows:
+                rec(part=dict(row, load=share))
             bar.update(len(chunk))
         # parts the space's networks use that all_parts() did not list: a space bug, but not
         # one to stop a build for; they are timed and counted in the metadata.
@@ -190,18 +208,21 @@ def build_table(space_name: str, settings: Optional[Dict[str, Any]] = None,
         for i in range(0, len(extra), ms["chunk"]):
             chunk = list(extra.values())[i:i + ms["chunk"]]
             bar.set_postfix_str("parts all_parts() missed")
-            for row in _part_rows(chunk, device, threads, batch, ms, rng.randrange(1 << 30)):
-                rec(part=dict(row, extra=True))
+            seed = rng.randrange(1 << 30)
+            rows, share, _ = gate(lambda: _part_rows(chunk, device, threads, batch, ms, seed))
+            for row in rows:
+                rec(part=dict(row, extra=True, load=share))
         todo_nets = [i for i in range(len(nets)) if i not in nets_done]
         for g in range(0, len(todo_nets), ms["net_group"]):
             idx = todo_nets[g:g + ms["net_group"]]
             bar.set_postfix_str("networks")
             models = [space.build(nets[i]) for i in idx]
             shapes = [(1, *nets[i].input_size) for i in idx]
-            times = measure_models(models, shapes, device, threads, batch, ms["net_rounds"], ms["warmup"],
-                                   ms["stat"], seed=rng.randrange(1 << 30))
+            seed = rng.randrange(1 << 30)
+            times, share, _ = gate(lambda: measure_models(models, shapes, device, threads, batch, ms["net_rounds"],
+                                                          ms["warmup"], ms["stat"], seed=seed))
             for i, t in zip(idx, times):
-                rec(net={"index": i, "ms": t})
+                rec(net={"index": i, "ms": t, "load": share})
             bar.update(len(idx))
     finally:
         bar.close()
@@ -230,9 +251,12 @@ def assemble(records: List[Dict[str, Any]], header: Dict[str, Any], space: Any, 
         return float(np.median([a / b for a, b in zip(final_ref, mine)]))
 
     rows, extra = {}, 0
+    loads = [x.get("load") for r in records for x in (r.get("part"), r.get("net"), r.get("reference")) if x]
+    loads = [v for v in loads if v is not None]
     for r in records:
         if "part" in r:
             row, f = dict(r["part"]), factor(r["session"])
+            row.pop("load", None)
             for c in ("ms", "q20", "q80"):
                 row[c] = row[c] * f
             extra += bool(row.pop("extra", False))
@@ -254,5 +278,6 @@ def assemble(records: List[Dict[str, Any]], header: Dict[str, Any], space: Any, 
     model = fit(samples)
     meta = dict(header)
     meta.update(reference={"archs": list(refs), "ms": final_ref}, model=model.to_dict(),
-                calibration={"seed": header["measure"]["seed"], "networks": calib}, extra_parts=extra)
+                calibration={"seed": header["measure"]["seed"], "networks": calib}, extra_parts=extra,
+                max_chunk_load=max(loads) if loads else None)
     return Table.from_records(list(rows.values()), meta)

@@ -124,6 +124,36 @@ class OtherLoad:
         self.share = round(min(1.0, max(0.0, others / (wall * (os.cpu_count() or 1)))), 3)
 
 
+def machine_busy(seconds: float = 1.0) -> Optional[float]:
+    """Share of all CPUs busy over the next ``seconds`` (this process sleeps meanwhile)."""
+    with OtherLoad() as load:
+        time.sleep(seconds)
+    return load.share
+
+
+def gated(fn: Callable[[], Any], max_load: Optional[float], max_wait: float) -> Tuple[Any, Optional[float], int]:
+    """Run ``fn``; while other processes used more than ``max_load`` of the CPU meanwhile, wait
+    for the machine to calm down and run it again, for at most ``max_wait`` seconds of waiting.
+
+    Returns (result, other-load share of the run kept, reruns).  ``max_load`` None or >= 1
+    runs once.
+    """
+    waited, reruns = 0.0, 0
+    while True:
+        with OtherLoad() as load:
+            out = fn()
+        if max_load is None or max_load >= 1 or load.share is None or load.share <= max_load:
+            return out, load.share, reruns
+        while waited < max_wait:
+            waited += 1.0
+            busy = machine_busy(1.0)
+            if busy is None or busy <= max_load:
+                break
+        if waited >= max_wait:
+            return out, load.share, reruns
+        reruns += 1
+
+
 # -- timing ----------------------------------------------------------------------------------
 
 def statistic(samples: Sequence[float], stat: str = "median") -> float:

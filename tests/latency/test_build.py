@@ -13,7 +13,7 @@ from space.registries import SPACES
 SETTINGS = {"ops": ["skip_connect", "sep_conv_3x3", "max_pool_3x3"], "channels": 8, "cells": 3,
             "input_size": [3, 16, 16]}
 FAST = dict(rounds=5, warmup=1, chunk=8, networks=8, net_rounds=3, net_group=4, ref_repeats=5,
-            ref_seconds=0.05)
+            ref_seconds=0.05, max_load=1.0)
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +68,8 @@ def test_resume_measures_only_what_is_left(tmp_path, monkeypatch):
     monkeypatch.setattr(build_mod, "_part_rows", counting)
     with pytest.raises(LatencyError, match="other settings"):
         build_table("darts", SETTINGS, out, "cpu", threads=1, progress=False, **dict(FAST, rounds=6))
+    with pytest.raises(LatencyError, match="differs in: threads"):
+        build_table("darts", SETTINGS, out, "cpu", threads=2, progress=False, **FAST)
     with open(journal, "a") as f:
         f.write('{"part": {"key": "torn')  # a line cut by the interruption
     t = build_table("darts", SETTINGS, out, "cpu", threads=1, progress=False, **FAST)
