@@ -4,12 +4,15 @@ A build has three phases, all journalled line by line to ``<out>.partial`` so th
 interrupted build resumes where it stopped (``build_table`` called again with the same
 arguments; other arguments are refused rather than mixed):
 
-1. the reference network(s) are timed (once per session: each resumed session has its own
-   drift state, and its numbers are rescaled by its own reference time before they are merged);
-2. every part of ``space.all_parts()``, in chunks, timed interleaved (shuffled rounds, each call
+1. every part of ``space.all_parts()``, in chunks, timed interleaved (shuffled rounds, each call
    timed alone; see ``measure.time_interleaved``);
-3. random networks of the space, timed end to end (interleaved in small groups), on which
+2. random networks of the space, timed end to end (interleaved in small groups), on which
    ``model.fit`` chooses and fits how entries combine into a network's latency.
+
+Every chunk and group also times the reference network(s) in its rounds: the machine's speed
+drifts by 10-20% over tens of seconds even when idle, so each time is converted to the build's
+reference units (``assemble``), and ``Predictor.calibrate`` converts back with the reference's
+time in the predicting process.
 """
 from __future__ import annotations
 
@@ -29,7 +32,7 @@ import torch
 from .measure import (LatencyError, OtherLoad, device_identity, gated, make_inputs, measure_models, num_threads,
                       statistic, time_interleaved)
 from .model import Sample, fit
-from .predict import time_references
+from .predict import build_reference
 from .table import Table, shapes_text
 
 MEASURE_DEFAULTS: Dict[str, Any] = {
@@ -109,26 +112,35 @@ class Journal:
         return [r for r in self.records if kind in r]
 
 
-def _part_rows(parts: Sequence[Any], device: str, threads: Optional[int], batch: int,
-               ms: Dict[str, Any], seed: int) -> List[Dict[str, Any]]:
-    calls = []
-    for p in parts:
-        try:
-            m = p.make().to(device).eval()
-            xs = make_inputs(p.inputs, batch, device)
-            with torch.inference_mode():
-                m(*xs)
-        except Exception as e:
-            raise LatencyError(f"part {p.key} cannot run ({type(e).__name__}: {e})") from None
-        calls.append(lambda m=m, xs=xs: m(*xs))
+def _callable(m: torch.nn.Module, shapes: Sequence[Sequence[int]], device: str, batch: int, what: str):
+    try:
+        m = m.to(device).eval()
+        xs = make_inputs(shapes, batch, device)
+        with torch.inference_mode():
+            m(*xs)
+    except Exception as e:
+        raise LatencyError(f"{what} cannot run ({type(e).__name__}: {e})") from None
+    return lambda: m(*xs)
+
+
+def _timed(calls: List[Any], refs: List[Any], device: str, threads: Optional[int], ms: Dict[str, Any],
+           rounds: int, seed: int) -> Tuple[List[List[float]], List[float]]:
+    """Samples of ``calls`` and the reference networks' statistic, timed in the same rounds."""
     with num_threads(threads):
-        samples = time_interleaved(calls, ms["rounds"], ms["warmup"], device, seed, ms["min_seconds"])
+        samples = time_interleaved(calls + refs, rounds, ms["warmup"], device, seed, ms["min_seconds"])
+    return samples[:len(calls)], [statistic(s, ms["stat"]) for s in samples[len(calls):]]
+
+
+def _part_rows(parts: Sequence[Any], refs: List[Any], device: str, threads: Optional[int], batch: int,
+               ms: Dict[str, Any], seed: int) -> Tuple[List[Dict[str, Any]], List[float]]:
+    calls = [_callable(p.make(), p.inputs, device, batch, f"part {p.key}") for p in parts]
+    samples, ref = _timed(calls, refs, device, threads, ms, ms["rounds"], seed)
     rows = []
     for p, s in zip(parts, samples):
         rows.append({"key": p.key, "kind": p.kind, "ms": statistic(s, ms["stat"]),
                      "q20": float(np.percentile(s, 20)), "q80": float(np.percentile(s, 80)),
                      "n": len(s), "inputs": shapes_text(p.inputs)})
-    return rows
+    return rows, ref
 
 
 def build_table(space_name: str, settings: Optional[Dict[str, Any]] = None,
@@ -184,18 +196,29 @@ def build_table(space_name: str, settings: Optional[Dict[str, Any]] = None,
         return out
 
     load = OtherLoad().__enter__()
+    n_chunks = sum(1 for r in records if "chunk" in r)
+
+    def chunk_id() -> str:
+        nonlocal n_chunks
+        n_chunks += 1
+        return f"{session}.{n_chunks}"
+
     try:
         bar.set_postfix_str("reference")
-        ref, share, _ = gate(lambda: time_references(refs, device, threads, batch, ms))
-        rec(reference={"ms": ref, "load": share})
-        rng = random.Random(ms["seed"])
+        ref_calls = []
+        for d in refs:
+            net, shape = build_reference(d)
+            ref_calls.append(_callable(net, [shape], device, batch, "the reference network"))
+        rng = random.Random(f"{ms['seed']}:{session}")
         for i in range(0, len(todo), ms["chunk"]):
             chunk = todo[i:i + ms["chunk"]]
             bar.set_postfix_str(f"parts {chunk[0].kind}")
             seed = rng.randrange(1 << 30)
-            rows, share, _ = gate(lambda: _part_rows(chunk, device, threads, batch, ms, seed))
+            (rows, ref), share, _ = gate(lambda: _part_rows(chunk, ref_calls, device, threads, batch, ms, seed))
+            cid = chunk_id()
+            rec(chunk={"id": cid, "ref": ref, "load": share})
             for row in rows:
-                rec(part=dict(row, load=share))
+                rec(part=dict(row, chunk=cid))
             bar.update(len(chunk))
         # parts the space's networks use that all_parts() did not list: a space bug, but not
         # one to stop a build for; they are timed and counted in the metadata.
@@ -209,20 +232,24 @@ def build_table(space_name: str, settings: Optional[Dict[str, Any]] = None,
             chunk = list(extra.values())[i:i + ms["chunk"]]
             bar.set_postfix_str("parts all_parts() missed")
             seed = rng.randrange(1 << 30)
-            rows, share, _ = gate(lambda: _part_rows(chunk, device, threads, batch, ms, seed))
+            (rows, ref), share, _ = gate(lambda: _part_rows(chunk, ref_calls, device, threads, batch, ms, seed))
+            cid = chunk_id()
+            rec(chunk={"id": cid, "ref": ref, "load": share})
             for row in rows:
-                rec(part=dict(row, extra=True, load=share))
+                rec(part=dict(row, chunk=cid, extra=True))
         todo_nets = [i for i in range(len(nets)) if i not in nets_done]
         for g in range(0, len(todo_nets), ms["net_group"]):
             idx = todo_nets[g:g + ms["net_group"]]
             bar.set_postfix_str("networks")
-            models = [space.build(nets[i]) for i in idx]
-            shapes = [(1, *nets[i].input_size) for i in idx]
+            calls = [_callable(space.build(nets[i]), [(1, *nets[i].input_size)], device, batch,
+                               f"calibration network {i}") for i in idx]
             seed = rng.randrange(1 << 30)
-            times, share, _ = gate(lambda: measure_models(models, shapes, device, threads, batch, ms["net_rounds"],
-                                                          ms["warmup"], ms["stat"], seed=seed))
-            for i, t in zip(idx, times):
-                rec(net={"index": i, "ms": t, "load": share})
+            (samples, ref), share, _ = gate(lambda: _timed(calls, ref_calls, device, threads, ms,
+                                                           ms["net_rounds"], seed))
+            cid = chunk_id()
+            rec(chunk={"id": cid, "ref": ref, "load": share})
+            for i, smp in zip(idx, samples):
+                rec(net={"index": i, "ms": statistic(smp, ms["stat"]), "chunk": cid})
             bar.update(len(idx))
     finally:
         bar.close()
@@ -241,22 +268,24 @@ def build_table(space_name: str, settings: Optional[Dict[str, Any]] = None,
 
 def assemble(records: List[Dict[str, Any]], header: Dict[str, Any], space: Any, nets: Sequence[Any],
              refs: Sequence[Dict[str, Any]]) -> Table:
-    """Merge the journal's sessions (rescaled to the last session's reference) and fit the model."""
-    ref_by_session = {r["session"]: r["reference"]["ms"] for r in records if "reference" in r}
-    last = max(ref_by_session)
-    final_ref = ref_by_session[last]
+    """Express every time in the build's reference units, merge sessions, and fit the model.
 
-    def factor(session: int) -> float:
-        mine = ref_by_session.get(session, final_ref)
-        return float(np.median([a / b for a, b in zip(final_ref, mine)]))
+    Each chunk timed the reference network(s) in its own rounds; a time measured in a chunk
+    whose reference ran k times slower than the reference's median over the whole build is
+    divided by k, which removes the machine's drift between chunks (and between sessions).
+    """
+    chunks = {r["chunk"]["id"]: r["chunk"] for r in records if "chunk" in r}
+    n_ref = len(refs)
+    unit = [float(np.median([c["ref"][j] for c in chunks.values()])) for j in range(n_ref)]
+
+    def factor(cid: str) -> float:
+        return float(np.median([u / v for u, v in zip(unit, chunks[cid]["ref"])]))
 
     rows, extra = {}, 0
-    loads = [x.get("load") for r in records for x in (r.get("part"), r.get("net"), r.get("reference")) if x]
-    loads = [v for v in loads if v is not None]
     for r in records:
         if "part" in r:
-            row, f = dict(r["part"]), factor(r["session"])
-            row.pop("load", None)
+            row = dict(r["part"])
+            f = factor(row.pop("chunk"))
             for c in ("ms", "q20", "q80"):
                 row[c] = row[c] * f
             extra += bool(row.pop("extra", False))
@@ -272,12 +301,15 @@ def assemble(records: List[Dict[str, Any]], header: Dict[str, Any], space: Any, 
         sums: Dict[str, float] = {}
         for p in ps:
             sums[kinds[p.key]] = sums.get(kinds[p.key], 0.0) + entries[p.key]
-        t = r["net"]["ms"] * factor(r["session"])
+        t = r["net"]["ms"] * factor(r["net"]["chunk"])
         samples.append(Sample(sums, len(ps), t))
         calib.append({"index": i, "ms": round(t, 5), "sum_ms": round(sum(sums.values()), 5), "parts": len(ps)})
     model = fit(samples)
+    drift = [1 / factor(c) for c in chunks]
+    loads = [c.get("load") for c in chunks.values() if c.get("load") is not None]
     meta = dict(header)
-    meta.update(reference={"archs": list(refs), "ms": final_ref}, model=model.to_dict(),
+    meta.update(reference={"archs": list(refs), "ms": unit}, model=model.to_dict(),
                 calibration={"seed": header["measure"]["seed"], "networks": calib}, extra_parts=extra,
+                chunks=len(chunks), drift_range=[round(min(drift), 4), round(max(drift), 4)],
                 max_chunk_load=max(loads) if loads else None)
     return Table.from_records(list(rows.values()), meta)

@@ -3,8 +3,9 @@
 Prediction is a dictionary walk over the candidate's parts (tens of microseconds for a few
 hundred parts): every entry is pre-multiplied by its kind's fitted factor when the table is
 loaded, so ``predict`` only adds.  ``calibrate()`` rescales for the process-to-process drift of
-this machine: it times the table's reference network(s) once and multiplies every prediction by
-(time now / time at build).  Parts the table lacks are timed on the spot when this machine is
+this machine: the table's entries are in the build's reference units (every chunk of a build
+timed a reference network alongside), and ``calibrate()`` times that reference network once and
+multiplies every prediction by (its time now / its time in the table).  Parts the table lacks are timed on the spot when this machine is
 the table's device, next to parts the table has, whose ratio (now / table) converts the new
 times into table units; on any other device a missing part is an error.
 """
@@ -16,8 +17,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .measure import (LatencyError, describe, device_identity, make_inputs, measure_model,
-                      num_threads, statistic, time_interleaved)
+from .measure import (LatencyError, OtherLoad, describe, device_identity, make_inputs, num_threads,
+                      statistic, time_interleaved)
 from .model import LatencyModel
 from .table import Table, load as load_table, sha256_file
 
@@ -49,17 +50,24 @@ def build_reference(arch_dict: Dict[str, Any]):
     return net, (1, *arch.input_size)
 
 
-def time_references(arch_dicts: Sequence[Dict[str, Any]], device: str, threads: Optional[int], batch: int,
-                    settings: Dict[str, Any]) -> List[float]:
-    """Latency (ms) of each reference network, by the same procedure at build and calibration."""
-    out = []
+def reference_calls(arch_dicts: Sequence[Dict[str, Any]], device: str, batch: int) -> List[Any]:
+    calls = []
     for d in arch_dicts:
         net, shape = build_reference(d)
-        out.append(measure_model(net, shape, device=device, threads=threads, batch=batch,
-                                 repeats=settings.get("ref_repeats", 30), warmup=settings.get("warmup", 3),
-                                 stat=settings.get("stat", "median"), min_seconds=settings.get("ref_seconds", 1.0),
-                                 max_seconds=10.0))
-    return out
+        net = net.to(device).eval()
+        xs = make_inputs([shape], batch, device)
+        calls.append(lambda net=net, xs=xs: net(*xs))
+    return calls
+
+
+def time_references(arch_dicts: Sequence[Dict[str, Any]], device: str, threads: Optional[int], batch: int,
+                    settings: Dict[str, Any]) -> List[float]:
+    """Latency (ms) of each reference network now, timed in shuffled rounds as in a build."""
+    calls = reference_calls(arch_dicts, device, batch)
+    with num_threads(threads):
+        samples = time_interleaved(calls, settings.get("ref_repeats", 30), settings.get("warmup", 3), device,
+                                   min_seconds=settings.get("ref_seconds", 1.0), max_seconds=10.0)
+    return [statistic(v, settings.get("stat", "median")) for v in samples]
 
 
 class Predictor:
@@ -76,6 +84,7 @@ class Predictor:
         self.model = LatencyModel.from_dict(self.meta.get("model"))
         self.scale = 1.0
         self.calibrated = False
+        self.calibration_load: Optional[float] = None
         self._kind = table.kinds()
         self._raw = table.entries()
         self._eff = {k: self.model.factor_of(self._kind[k]) * v for k, v in self._raw.items()}
@@ -211,7 +220,9 @@ class Predictor:
         if not self.native:
             raise LatencyError(f"cannot calibrate {self.path or 'the table'} here: it was measured on "
                                f"{describe(self.meta.get('device', {}))}")
-        now = time_references(archs, self.device_type, self.threads, self.batch, self.meta.get("measure", {}))
+        with OtherLoad() as load:
+            now = time_references(archs, self.device_type, self.threads, self.batch, self.meta.get("measure", {}))
+        self.calibration_load = load.share
         self.scale = float(np.median([a / b for a, b in zip(now, then)]))
         self.calibrated = True
         _CALIBRATED[self.content_hash] = self.scale

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .measure import LatencyError, OtherLoad, measure_models
-from .predict import Predictor
+from .predict import Predictor, build_reference
 
 
 LOAD_WARNING = 0.05  # share of the CPU used by other processes above which timings are suspect
@@ -34,7 +34,13 @@ def metrics(pred: Sequence[float], true: Sequence[float]) -> Dict[str, float]:
 def validate(predictor: Predictor, space: Any, samples: int = 50, seed: int = 1, group: Optional[int] = None,
              rounds: Optional[int] = None, calibrate: bool = True,
              progress: bool = False) -> Tuple[pd.DataFrame, Dict[str, Any]]:
-    """(per-network DataFrame, summary) over ``samples`` random archs of ``space``."""
+    """(per-network DataFrame, summary) over ``samples`` random archs of ``space``.
+
+    ``predicted_ms`` uses the drift scale of one ``calibrate()`` at the start, as a search does.
+    Each group of networks also times the table's reference network(s) in its rounds;
+    ``anchored_ms`` rescales by that concurrent reference instead, which takes the machine's
+    drift during validation out of the comparison and leaves the table's own error.
+    """
     if not predictor.native:
         raise LatencyError("validation times networks here, but the table was measured on another device")
     ms = predictor.meta.get("measure", {})
@@ -42,6 +48,9 @@ def validate(predictor: Predictor, space: Any, samples: int = 50, seed: int = 1,
     rounds = rounds or ms.get("net_rounds", 15)
     load = OtherLoad().__enter__()
     scale = predictor.calibrate() if calibrate else 1.0
+    ref = predictor.meta.get("reference") or {}
+    ref_archs, ref_ms = ref.get("archs") or [], ref.get("ms") or []
+    refs = [build_reference(d) for d in ref_archs]
     rng = random.Random(f"validation:{seed}")
     archs = [space.sample(rng) for _ in range(samples)]
     rows = []
@@ -49,36 +58,47 @@ def validate(predictor: Predictor, space: Any, samples: int = 50, seed: int = 1,
     with tqdm(total=samples, desc="validate", unit="net", disable=not progress) as bar:
         for g in range(0, samples, group):
             chunk = archs[g:g + group]
-            models = [space.build(a) for a in chunk]
-            times = measure_models(models, [(1, *a.input_size) for a in chunk], predictor.device_type,
-                                   predictor.threads, predictor.batch, rounds, ms.get("warmup", 3),
-                                   ms.get("stat", "median"), seed=seed * 1000 + g)
+            models = [space.build(a) for a in chunk] + [net for net, _ in refs]
+            shapes = [(1, *a.input_size) for a in chunk] + [shape for _, shape in refs]
+            times = measure_models(models, shapes, predictor.device_type, predictor.threads, predictor.batch,
+                                   rounds, ms.get("warmup", 3), ms.get("stat", "median"), seed=seed * 1000 + g)
+            now = times[len(chunk):]
+            anchor = float(np.median([a / b for a, b in zip(now, ref_ms)])) if now else scale
             for a, t in zip(chunk, times):
                 parts = space.parts(a)
                 pred = predictor.predict(parts)
+                anchored = pred / predictor.scale * anchor
                 naive = predictor.sum_entries(parts) * scale
                 rows.append({"arch": a.arch_hash, "parts": len(parts), "measured_ms": t, "predicted_ms": pred,
-                             "err_pct": 100 * (pred / t - 1), "sum_ms": naive,
-                             "sum_err_pct": 100 * (naive / t - 1)})
+                             "err_pct": 100 * (pred / t - 1), "anchored_ms": anchored,
+                             "anchored_err_pct": 100 * (anchored / t - 1), "sum_ms": naive,
+                             "sum_err_pct": 100 * (naive / t - 1), "drift": anchor / scale if scale else 1.0})
             bar.update(len(chunk))
     load.__exit__(None, None, None)
     df = pd.DataFrame(rows)
-    summary = {"other_load": load.share, "table": str(predictor.path), "table_sha256": predictor.content_hash, "space": space.name,
-               "samples": samples, "seed": seed, "scale": scale, "model": predictor.model.name,
-               **metrics(df["predicted_ms"], df["measured_ms"]),
-               "sum": metrics(df["sum_ms"], df["measured_ms"])}
+    summary = {"other_load": load.share, "table": str(predictor.path), "table_sha256": predictor.content_hash,
+               "space": space.name, "samples": samples, "seed": seed, "scale": scale,
+               "model": predictor.model.name, **metrics(df["predicted_ms"], df["measured_ms"]),
+               "anchored": metrics(df["anchored_ms"], df["measured_ms"]),
+               "sum": metrics(df["sum_ms"], df["measured_ms"]),
+               "drift_range": [float(df["drift"].min()), float(df["drift"].max())]}
     return df, summary
 
 
 def format_report(df: pd.DataFrame, summary: Dict[str, Any]) -> str:
-    s, n = summary, summary["sum"]
+    s, n, an = summary, summary["sum"], summary["anchored"]
     lines = [df.to_string(index=False, float_format=lambda v: f"{v:.3f}"), "",
              f"{'':14s}{'RMSE ms':>10s}{'RMSPE %':>10s}{'<=5% %':>9s}{'<=10% %':>9s}{'mean err %':>12s}",
              f"{'model ' + s['model'][:8]:14s}{s['rmse_ms']:10.3f}{s['rmspe_pct']:10.2f}{s['within5_pct']:9.1f}"
              f"{s['within10_pct']:9.1f}{s['mean_err_pct']:12.2f}",
+             f"{'anchored':14s}{an['rmse_ms']:10.3f}{an['rmspe_pct']:10.2f}{an['within5_pct']:9.1f}"
+             f"{an['within10_pct']:9.1f}{an['mean_err_pct']:12.2f}",
              f"{'plain sum':14s}{n['rmse_ms']:10.3f}{n['rmspe_pct']:10.2f}{n['within5_pct']:9.1f}"
              f"{n['within10_pct']:9.1f}{n['mean_err_pct']:12.2f}",
-             f"{s['samples']} networks of {s['space']}, drift scale {s['scale']:.3f}, table {s['table']}"]
+             f"{s['samples']} networks of {s['space']}, drift scale {s['scale']:.3f} at calibration, "
+             f"{s['drift_range'][0]:.3f}-{s['drift_range'][1]:.3f} times that during validation, table {s['table']}",
+             "model: predicted with one calibrate() at the start (what a search gets); anchored: rescaled "
+             "by the reference timed with each group (the table's own error); plain sum: entries summed"]
     if (s.get("other_load") or 0) > LOAD_WARNING:
         lines.append(f"warning: other processes used {100 * s['other_load']:.0f}% of the CPU meanwhile; "
                      f"these timings are not reliable")
