@@ -73,7 +73,8 @@ def _validate(a: argparse.Namespace) -> int:
         space = SPACES[space_name](**settings)
     except (KeyError, TypeError, ValueError) as e:
         raise LatencyError(f"cannot make space {space_name!r} with settings {settings}: {e}") from None
-    df, summary = validate(p, space, a.samples, a.seed, progress=not a.quiet)
+    df, summary = validate(p, space, a.samples, a.seed, progress=not a.quiet, max_load=a.max_load,
+                           max_wait=a.max_wait)
     print(format_report(df, summary))
     if a.out:
         print(f"wrote {write_report(df, summary, a.out)}")
@@ -118,6 +119,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     v.add_argument("--seed", type=int, default=1)
     v.add_argument("--out", help="write the report: .csv (rows + .summary.json) or text")
     v.add_argument("--force", action="store_true", help="use a table measured on another device")
+    v.add_argument("--max-load", type=float, help="time a group again if other processes used more of "
+                   "the CPU meanwhile (default: the table's build setting)")
+    v.add_argument("--max-wait", type=float, help="seconds to wait for calm per group (default: the table's)")
     v.add_argument("--quiet", action="store_true")
     s = sub.add_parser("show", help="print a table's metadata and its largest entries")
     s.add_argument("table")

@@ -17,7 +17,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .measure import (LatencyError, OtherLoad, describe, device_identity, make_inputs, num_threads,
+from .measure import (LatencyError, describe, gated, device_identity, make_inputs, num_threads,
                       statistic, time_interleaved)
 from .model import LatencyModel
 from .table import Table, load as load_table, sha256_file
@@ -220,9 +220,10 @@ class Predictor:
         if not self.native:
             raise LatencyError(f"cannot calibrate {self.path or 'the table'} here: it was measured on "
                                f"{describe(self.meta.get('device', {}))}")
-        with OtherLoad() as load:
-            now = time_references(archs, self.device_type, self.threads, self.batch, self.meta.get("measure", {}))
-        self.calibration_load = load.share
+        ms = self.meta.get("measure", {})
+        now, self.calibration_load, _ = gated(
+            lambda: time_references(archs, self.device_type, self.threads, self.batch, ms),
+            ms.get("max_load"), ms.get("max_wait", 0.0))
         self.scale = float(np.median([a / b for a, b in zip(now, then)]))
         self.calibrated = True
         _CALIBRATED[self.content_hash] = self.scale

@@ -14,7 +14,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 import pandas as pd
 
-from .measure import LatencyError, OtherLoad, measure_models
+from .measure import LatencyError, OtherLoad, gated, measure_models
 from .predict import Predictor, build_reference
 
 
@@ -32,20 +32,25 @@ def metrics(pred: Sequence[float], true: Sequence[float]) -> Dict[str, float]:
 
 
 def validate(predictor: Predictor, space: Any, samples: int = 50, seed: int = 1, group: Optional[int] = None,
-             rounds: Optional[int] = None, calibrate: bool = True,
-             progress: bool = False) -> Tuple[pd.DataFrame, Dict[str, Any]]:
+             rounds: Optional[int] = None, calibrate: bool = True, progress: bool = False,
+             max_load: Optional[float] = None, max_wait: Optional[float] = None) -> Tuple[pd.DataFrame, Dict[str, Any]]:
     """(per-network DataFrame, summary) over ``samples`` random archs of ``space``.
 
     ``predicted_ms`` uses the drift scale of one ``calibrate()`` at the start, as a search does.
     Each group of networks also times the table's reference network(s) in its rounds;
     ``anchored_ms`` rescales by that concurrent reference instead, which takes the machine's
     drift during validation out of the comparison and leaves the table's own error.
+    A group timed while other processes used more than ``max_load`` of the CPU is timed again
+    after waiting for calm (at most ``max_wait`` s; defaults: the table's build settings).
     """
     if not predictor.native:
         raise LatencyError("validation times networks here, but the table was measured on another device")
     ms = predictor.meta.get("measure", {})
     group = group or ms.get("net_group", 8)
     rounds = rounds or ms.get("net_rounds", 15)
+    max_load = ms.get("max_load") if max_load is None else max_load
+    max_wait = ms.get("max_wait", 0.0) if max_wait is None else max_wait
+    loads = []
     load = OtherLoad().__enter__()
     scale = predictor.calibrate() if calibrate else 1.0
     ref = predictor.meta.get("reference") or {}
@@ -60,8 +65,10 @@ def validate(predictor: Predictor, space: Any, samples: int = 50, seed: int = 1,
             chunk = archs[g:g + group]
             models = [space.build(a) for a in chunk] + [net for net, _ in refs]
             shapes = [(1, *a.input_size) for a in chunk] + [shape for _, shape in refs]
-            times = measure_models(models, shapes, predictor.device_type, predictor.threads, predictor.batch,
-                                   rounds, ms.get("warmup", 3), ms.get("stat", "median"), seed=seed * 1000 + g)
+            times, share, _ = gated(lambda: measure_models(
+                models, shapes, predictor.device_type, predictor.threads, predictor.batch, rounds,
+                ms.get("warmup", 3), ms.get("stat", "median"), seed=seed * 1000 + g), max_load, max_wait)
+            loads.append(share)
             now = times[len(chunk):]
             anchor = float(np.median([a / b for a, b in zip(now, ref_ms)])) if now else scale
             for a, t in zip(chunk, times):
@@ -76,7 +83,8 @@ def validate(predictor: Predictor, space: Any, samples: int = 50, seed: int = 1,
             bar.update(len(chunk))
     load.__exit__(None, None, None)
     df = pd.DataFrame(rows)
-    summary = {"other_load": load.share, "table": str(predictor.path), "table_sha256": predictor.content_hash,
+    summary = {"other_load": load.share, "max_group_load": max((v for v in loads if v is not None), default=None),
+               "calibration_load": predictor.calibration_load, "table": str(predictor.path), "table_sha256": predictor.content_hash,
                "space": space.name, "samples": samples, "seed": seed, "scale": scale,
                "model": predictor.model.name, **metrics(df["predicted_ms"], df["measured_ms"]),
                "anchored": metrics(df["anchored_ms"], df["measured_ms"]),
@@ -99,9 +107,10 @@ def format_report(df: pd.DataFrame, summary: Dict[str, Any]) -> str:
              f"{s['drift_range'][0]:.3f}-{s['drift_range'][1]:.3f} times that during validation, table {s['table']}",
              "model: predicted with one calibrate() at the start (what a search gets); anchored: rescaled "
              "by the reference timed with each group (the table's own error); plain sum: entries summed"]
-    if (s.get("other_load") or 0) > LOAD_WARNING:
-        lines.append(f"warning: other processes used {100 * s['other_load']:.0f}% of the CPU meanwhile; "
-                     f"these timings are not reliable")
+    worst = max(v or 0 for v in (s.get("max_group_load"), s.get("calibration_load")))
+    if worst > LOAD_WARNING:
+        lines.append(f"warning: other processes used up to {100 * worst:.0f}% of the CPU while networks were "
+                     f"timed; these timings are not reliable")
     return "\n".join(lines)
 
 

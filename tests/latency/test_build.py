@@ -35,7 +35,7 @@ def test_tiny_build_and_validation(tiny, tmp_path):
     assert m["reference"]["ms"][0] > 0 and m["model"]["name"]
     assert (p.table.rows["ms"] > 0).all() and (p.table.rows["n"] >= 5).all()
     assert not tiny.with_name(tiny.name + ".partial").exists()
-    df, summary = validate(p, space, samples=4, rounds=2)
+    df, summary = validate(p, space, samples=4, rounds=2, max_load=1.0)
     assert len(df) == 4 and (df["measured_ms"] > 0).all() and (df["predicted_ms"] > 0).all()
     for k in ("rmse_ms", "rmspe_pct", "within5_pct", "within10_pct"):
         assert k in summary and k in summary["sum"]
