@@ -29,8 +29,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from .measure import (LatencyError, OtherLoad, device_identity, gated, make_inputs, measure_models, num_threads,
-                      statistic, time_interleaved)
+from .measure import (LatencyError, OtherLoad, device_identity, gated, in_reference_units, make_inputs,
+                      num_threads, statistic, time_interleaved)
 from .model import Sample, fit
 from .predict import build_reference
 from .table import Table, shapes_text
@@ -45,7 +45,8 @@ MEASURE_DEFAULTS: Dict[str, Any] = {
     "net_rounds": 15,  # timed rounds over a group of networks
     "net_group": 8,  # networks timed interleaved together
     "references": 1,  # reference networks for drift calibration
-    "ref_repeats": 30,  # timed runs of a reference network (calibration uses the same)
+    "fillers": 2,  # calibration times the reference among this many of the build's networks
+    "ref_repeats": 20,  # rounds of a calibration
     "ref_seconds": 1.0,  # ... and at least this long
     "seed": 0,  # networks sampled, round orders
     "max_load": 0.1,  # a chunk timed while other processes used more of the CPU is timed again...
@@ -125,10 +126,11 @@ def _callable(m: torch.nn.Module, shapes: Sequence[Sequence[int]], device: str, 
 
 def _timed(calls: List[Any], refs: List[Any], device: str, threads: Optional[int], ms: Dict[str, Any],
            rounds: int, seed: int) -> Tuple[List[List[float]], List[float]]:
-    """Samples of ``calls`` and the reference networks' statistic, timed in the same rounds."""
+    """Samples of ``calls`` in the chunk's reference units, and the reference networks' statistic."""
     with num_threads(threads):
         samples = time_interleaved(calls + refs, rounds, ms["warmup"], device, seed, ms["min_seconds"])
-    return samples[:len(calls)], [statistic(s, ms["stat"]) for s in samples[len(calls):]]
+    scaled, ref_med = in_reference_units(samples[:len(calls)], samples[len(calls):])
+    return scaled, [statistic(s, ms["stat"]) for s in samples[len(calls):]]
 
 
 def _part_rows(parts: Sequence[Any], refs: List[Any], device: str, threads: Optional[int], batch: int,
@@ -308,7 +310,8 @@ def assemble(records: List[Dict[str, Any]], header: Dict[str, Any], space: Any, 
     drift = [1 / factor(c) for c in chunks]
     loads = [c.get("load") for c in chunks.values() if c.get("load") is not None]
     meta = dict(header)
-    meta.update(reference={"archs": list(refs), "ms": unit}, model=model.to_dict(),
+    fillers = [nets[i].to_dict() for i in range(min(header["measure"].get("fillers", 0), len(nets)))]
+    meta.update(reference={"archs": list(refs), "ms": unit, "fillers": fillers}, model=model.to_dict(),
                 calibration={"seed": header["measure"]["seed"], "networks": calib}, extra_parts=extra,
                 chunks=len(chunks), drift_range=[round(min(drift), 4), round(max(drift), 4)],
                 max_chunk_load=max(loads) if loads else None)

@@ -61,13 +61,16 @@ def reference_calls(arch_dicts: Sequence[Dict[str, Any]], device: str, batch: in
 
 
 def time_references(arch_dicts: Sequence[Dict[str, Any]], device: str, threads: Optional[int], batch: int,
-                    settings: Dict[str, Any]) -> List[float]:
-    """Latency (ms) of each reference network now, timed in shuffled rounds as in a build."""
+                    settings: Dict[str, Any], fillers: Sequence[Dict[str, Any]] = ()) -> List[float]:
+    """Latency (ms) of each reference network now, timed in shuffled rounds with ``fillers``
+    (other networks of the space) between its runs, as a build times it among parts and networks:
+    timed back to back with itself a network runs ~7% slower here."""
     calls = reference_calls(arch_dicts, device, batch)
+    others = reference_calls(fillers, device, batch)
     with num_threads(threads):
-        samples = time_interleaved(calls, settings.get("ref_repeats", 30), settings.get("warmup", 3), device,
-                                   min_seconds=settings.get("ref_seconds", 1.0), max_seconds=10.0)
-    return [statistic(v, settings.get("stat", "median")) for v in samples]
+        samples = time_interleaved(calls + others, settings.get("ref_repeats", 20), settings.get("warmup", 3),
+                                   device, min_seconds=settings.get("ref_seconds", 1.0), max_seconds=10.0)
+    return [statistic(v, settings.get("stat", "median")) for v in samples[:len(calls)]]
 
 
 class Predictor:
@@ -221,8 +224,9 @@ class Predictor:
             raise LatencyError(f"cannot calibrate {self.path or 'the table'} here: it was measured on "
                                f"{describe(self.meta.get('device', {}))}")
         ms = self.meta.get("measure", {})
+        fillers = ref.get("fillers") or []
         now, self.calibration_load, _ = gated(
-            lambda: time_references(archs, self.device_type, self.threads, self.batch, ms),
+            lambda: time_references(archs, self.device_type, self.threads, self.batch, ms, fillers),
             ms.get("max_load"), ms.get("max_wait", 0.0))
         self.scale = float(np.median([a / b for a, b in zip(now, then)]))
         self.calibrated = True

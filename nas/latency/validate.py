@@ -14,8 +14,9 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 import pandas as pd
 
-from .measure import LatencyError, OtherLoad, gated, measure_models
-from .predict import Predictor, build_reference
+from .measure import (LatencyError, OtherLoad, gated, in_reference_units, make_inputs, num_threads, statistic,
+                      time_interleaved)
+from .predict import Predictor, reference_calls
 
 
 LOAD_WARNING = 0.05  # share of the CPU used by other processes above which timings are suspect
@@ -31,15 +32,22 @@ def metrics(pred: Sequence[float], true: Sequence[float]) -> Dict[str, float]:
             "mean_err_pct": float(100 * np.mean(e)), "max_abs_err_pct": float(100 * np.max(np.abs(e)))}
 
 
+def _call(model: Any, shape: Tuple[int, ...], predictor: Predictor):
+    model = model.to(predictor.device_type).eval()
+    xs = make_inputs([shape], predictor.batch, predictor.device_type)
+    return lambda: model(*xs)
+
+
 def validate(predictor: Predictor, space: Any, samples: int = 50, seed: int = 1, group: Optional[int] = None,
              rounds: Optional[int] = None, calibrate: bool = True, progress: bool = False,
              max_load: Optional[float] = None, max_wait: Optional[float] = None) -> Tuple[pd.DataFrame, Dict[str, Any]]:
     """(per-network DataFrame, summary) over ``samples`` random archs of ``space``.
 
     ``predicted_ms`` uses the drift scale of one ``calibrate()`` at the start, as a search does.
-    Each group of networks also times the table's reference network(s) in its rounds;
-    ``anchored_ms`` rescales by that concurrent reference instead, which takes the machine's
-    drift during validation out of the comparison and leaves the table's own error.
+    Each group of networks also times the table's reference network(s) in its rounds, and
+    ``anchored_err_pct`` compares prediction and measurement both in reference units (each
+    round rescaled by the reference's time in it, as the build does): the machine's drift
+    during validation is out of that comparison, which leaves the table's own error.
     A group timed while other processes used more than ``max_load`` of the CPU is timed again
     after waiting for calm (at most ``max_wait`` s; defaults: the table's build settings).
     """
@@ -55,31 +63,38 @@ def validate(predictor: Predictor, space: Any, samples: int = 50, seed: int = 1,
     scale = predictor.calibrate() if calibrate else 1.0
     ref = predictor.meta.get("reference") or {}
     ref_archs, ref_ms = ref.get("archs") or [], ref.get("ms") or []
-    refs = [build_reference(d) for d in ref_archs]
+    stat = ms.get("stat", "median")
     rng = random.Random(f"validation:{seed}")
     archs = [space.sample(rng) for _ in range(samples)]
     rows = []
+    ref_calls = reference_calls(ref_archs, predictor.device_type, predictor.batch)
     from tqdm.auto import tqdm
     with tqdm(total=samples, desc="validate", unit="net", disable=not progress) as bar:
         for g in range(0, samples, group):
             chunk = archs[g:g + group]
-            models = [space.build(a) for a in chunk] + [net for net, _ in refs]
-            shapes = [(1, *a.input_size) for a in chunk] + [shape for _, shape in refs]
-            times, share, _ = gated(lambda: measure_models(
-                models, shapes, predictor.device_type, predictor.threads, predictor.batch, rounds,
-                ms.get("warmup", 3), ms.get("stat", "median"), seed=seed * 1000 + g), max_load, max_wait)
+            calls = [_call(space.build(a), (1, *a.input_size), predictor) for a in chunk]
+
+            def timed():
+                with num_threads(predictor.threads):
+                    return time_interleaved(calls + ref_calls, rounds, ms.get("warmup", 3),
+                                            predictor.device_type, seed * 1000 + g)
+            smp, share, _ = gated(timed, max_load, max_wait)
             loads.append(share)
-            now = times[len(chunk):]
-            anchor = float(np.median([a / b for a, b in zip(now, ref_ms)])) if now else scale
-            for a, t in zip(chunk, times):
+            raw = [statistic(v, stat) for v in smp[:len(chunk)]]
+            scaled, ref_now = in_reference_units(smp[:len(chunk)], smp[len(chunk):])
+            # the group's speed relative to the table's reference units
+            speed = float(np.median([a / b for a, b in zip(ref_now, ref_ms)])) if ref_now else scale
+            for a, t, sc in zip(chunk, raw, scaled):
                 parts = space.parts(a)
                 pred = predictor.predict(parts)
-                anchored = pred / predictor.scale * anchor
+                units = pred / predictor.scale  # the prediction in table units
+                truth_units = statistic(sc, stat) / speed
                 naive = predictor.sum_entries(parts) * scale
                 rows.append({"arch": a.arch_hash, "parts": len(parts), "measured_ms": t, "predicted_ms": pred,
-                             "err_pct": 100 * (pred / t - 1), "anchored_ms": anchored,
-                             "anchored_err_pct": 100 * (anchored / t - 1), "sum_ms": naive,
-                             "sum_err_pct": 100 * (naive / t - 1), "drift": anchor / scale if scale else 1.0})
+                             "err_pct": 100 * (pred / t - 1), "anchored_ms": units * speed,
+                             "anchored_measured_ms": truth_units * speed,
+                             "anchored_err_pct": 100 * (units / truth_units - 1), "sum_ms": naive,
+                             "sum_err_pct": 100 * (naive / t - 1), "speed": speed / scale if scale else 1.0})
             bar.update(len(chunk))
     load.__exit__(None, None, None)
     df = pd.DataFrame(rows)
@@ -87,9 +102,9 @@ def validate(predictor: Predictor, space: Any, samples: int = 50, seed: int = 1,
                "calibration_load": predictor.calibration_load, "table": str(predictor.path), "table_sha256": predictor.content_hash,
                "space": space.name, "samples": samples, "seed": seed, "scale": scale,
                "model": predictor.model.name, **metrics(df["predicted_ms"], df["measured_ms"]),
-               "anchored": metrics(df["anchored_ms"], df["measured_ms"]),
+               "anchored": metrics(df["anchored_ms"], df["anchored_measured_ms"]),
                "sum": metrics(df["sum_ms"], df["measured_ms"]),
-               "drift_range": [float(df["drift"].min()), float(df["drift"].max())]}
+               "drift_range": [float(df["speed"].min()), float(df["speed"].max())]}
     return df, summary
 
 
