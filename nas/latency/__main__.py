@@ -82,14 +82,31 @@ def _validate(a: argparse.Namespace) -> int:
 
 
 def _show(a: argparse.Namespace) -> int:
-    from .table import load
+    from .measure import describe
+    from .table import load, sha256_file
 
     t = load(a.table)
-    meta = dict(t.meta)
-    meta.pop("calibration", None)
-    ref = meta.get("reference") or {}
-    meta["reference"] = {"ms": ref.get("ms"), "archs": len(ref.get("archs") or [])}
-    print(json.dumps(meta, indent=2))
+    m = t.meta
+    ref = m.get("reference") or {}
+    model = m.get("model") or {}
+    cv = model.get("cv") or {}
+    print(f"table     {a.table} (sha256 {sha256_file(a.table)[:16]}...)")
+    print(f"space     {m.get('space')} {json.dumps(m.get('settings'))}")
+    print(f"device    {describe(m.get('device', {}))}, {m.get('threads')} threads, batch {m.get('batch')}, "
+          f"{m.get('dtype')}, torch {m.get('torch')}")
+    print(f"built     {m.get('date')} in {m.get('build_seconds')} s, {m.get('sessions')} session(s), "
+          f"{m.get('chunks')} chunks, speed range {m.get('drift_range')}, others' load up to "
+          f"{m.get('max_chunk_load')}")
+    print(f"reference {', '.join(f'{v:.3f}' for v in ref.get('ms') or [])} ms "
+          f"({len(ref.get('archs') or [])} network(s), {len(ref.get('fillers') or [])} fillers)")
+    print(f"model     {model.get('name', 'sum')}: factor {model.get('factor', 1.0):.4f}, overhead "
+          f"{model.get('overhead_ms', 0.0):.3f} ms, per part {model.get('per_part_ms', 0.0):.4f} ms"
+          + (f", {len(model.get('kind_factor') or {})} kind factors" if model.get("kind_factor") else ""))
+    for name, v in cv.items():
+        if isinstance(v, dict):
+            print(f"          leave-one-out over {cv.get('networks')} networks, {name:14s} RMSPE "
+                  f"{100 * v['rmspe']:5.1f}%  within 10% {100 * v['within10']:5.1f}%")
+    print(f"entries   {len(t)} parts, {t.rows['kind'].nunique()} kinds; largest:")
     top = t.rows.sort_values("ms", ascending=False).head(a.top)
     print(top[["key", "kind", "ms", "q20", "q80"]].to_string(index=False))
     return 0
