@@ -17,8 +17,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from .measure import (LatencyError, describe, gated, device_identity, make_inputs, num_threads,
-                      statistic, time_interleaved)
+from .measure import (LatencyError, describe, device_identity, gated, in_reference_units, make_inputs,
+                      num_threads, statistic, time_interleaved)
 from .model import LatencyModel
 from .table import Table, load as load_table, sha256_file
 
@@ -180,7 +180,13 @@ class Predictor:
                             f"(built for space {s!r} with settings {self.meta.get('settings')}); {why}")
 
     def add_missing(self, parts: Sequence[Any]) -> List[str]:
-        """Time the parts the table lacks, on the spot; returns their keys."""
+        """Time the parts the table lacks, on the spot; returns their keys.
+
+        They are timed in shuffled rounds with up to 8 parts the table has (from ``parts``
+        itself, else from the reference network's time via ``calibrate``); each round is
+        rescaled by those known parts' times in it (as a build rescales by the reference), and
+        their ratio to the table converts the new times into table units.
+        """
         missing = self.missing(parts)
         if not missing:
             return []
@@ -188,24 +194,44 @@ class Predictor:
             raise self._missing_error(missing, f"they cannot be timed here because the table was "
                                                f"measured on {describe(self.meta.get('device', {}))}; "
                                                f"build a table for this space on that device")
-        anchors = []
-        seen = set()
-        for p in parts:  # known parts of the same network set the conversion to table units
+        anchors, seen = [], set()
+        for p in parts:
             if p.key in self._raw and p.key not in seen and self._raw[p.key] > 0.005:
                 seen.add(p.key)
                 anchors.append(p)
         anchors = sorted(anchors, key=lambda p: -self._raw[p.key])[:8]
-        ms = time_parts(list(missing) + anchors, self.meta, self.device_type, self.threads, self.batch)
-        new, known = ms[:len(missing)], ms[len(missing):]
-        if anchors:
-            ratio = float(np.median([k / self._raw[a.key] for k, a in zip(known, anchors)]))
-        else:
-            ratio = self.calibrate()
-        for p, t in zip(missing, new):
-            self._raw[p.key] = t / ratio
-            self._kind[p.key] = p.kind
-            self._eff[p.key] = self.model.factor_of(p.kind) * self._raw[p.key]
+        for i in range(0, len(missing), 32):
+            chunk = missing[i:i + 32]
+            samples = time_parts(list(chunk) + anchors, self.meta, self.device_type, self.threads, self.batch)
+            new, known = in_reference_units(samples[:len(chunk)], samples[len(chunk):])
+            stat = self.meta.get("measure", {}).get("stat", "median")
+            if anchors:
+                ratio = float(np.median([k / self._raw[a.key] for k, a in zip(known, anchors)]))
+            else:
+                ratio = self.calibrate()
+            for p, t in zip(chunk, new):
+                self._raw[p.key] = statistic(t, stat) / ratio
+                self._kind[p.key] = p.kind
+                self._eff[p.key] = self.model.factor_of(p.kind) * self._raw[p.key]
         return [p.key for p in missing]
+
+    def complete(self, space: Any) -> List[str]:
+        """Make sure every part of ``space.all_parts()`` has an entry: on the table's device the
+        missing ones are timed now (once, instead of during a search); elsewhere a table that
+        lacks parts of ``space`` raises LatencyError.  Returns the keys added."""
+        parts = list(space.all_parts())
+        missing = self.missing(parts)
+        if not missing:
+            return []
+        if not self.native:
+            raise self._missing_error(missing, f"the table lacks {len(missing)} part(s) of this space and was "
+                                               f"measured on {describe(self.meta.get('device', {}))}; build a "
+                                               f"table for these settings there")
+        known = [p for p in parts if p.key in self._raw]
+        added: List[str] = []
+        for i in range(0, len(missing), 32):  # anchors: known parts, the same for every chunk
+            added += self.add_missing(missing[i:i + 32] + known[:64])
+        return added
 
     # -- drift ---------------------------------------------------------------------------------
     def calibrate(self, force: bool = False) -> float:
@@ -235,10 +261,10 @@ class Predictor:
 
 
 def time_parts(parts: Sequence[Any], meta: Dict[str, Any], device: str, threads: Optional[int],
-               batch: int, seed: int = 0) -> List[float]:
-    """Entries for ``parts`` (ms, the table's statistic), timed interleaved as the build does."""
+               batch: int, seed: int = 0) -> List[List[float]]:
+    """Timing samples (ms) of ``parts``, round by round, timed interleaved as a build does."""
     s = meta.get("measure", {})
-    calls, stats = [], []
+    calls = []
     for p in parts:
         try:
             m = p.make().to(device).eval()
@@ -247,8 +273,5 @@ def time_parts(parts: Sequence[Any], meta: Dict[str, Any], device: str, threads:
             raise LatencyError(f"cannot build part {p.key} ({type(e).__name__}: {e})") from None
         calls.append(lambda m=m, xs=xs: m(*xs))
     with num_threads(threads):
-        samples = time_interleaved(calls, s.get("rounds", 30), s.get("warmup", 3), device, seed,
-                                   min_seconds=s.get("min_seconds", 0.0))
-    for v in samples:
-        stats.append(statistic(v, s.get("stat", "median")))
-    return stats
+        return time_interleaved(calls, s.get("rounds", 30), s.get("warmup", 3), device, seed,
+                                min_seconds=s.get("min_seconds", 0.0))

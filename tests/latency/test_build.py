@@ -89,3 +89,17 @@ def test_find_shipped_table(tiny, tmp_path):
     more = dict(SETTINGS, ops=["skip_connect", "sep_conv_5x5"])  # other candidate ops: incomplete
     assert find_shipped_table("darts", more, threads=1, directory=tmp_path) is None
     assert find_shipped_table("darts", None, threads=1, directory=tmp_path) is None
+
+
+def test_complete_times_parts_of_other_settings_here_only(tiny):
+    wider = SPACES["darts"](**dict(SETTINGS, ops=SETTINGS["ops"] + ["avg_pool_3x3"]))
+    p = Predictor.load(tiny)
+    lacking = p.missing_keys(wider)
+    assert lacking and all("avg_pool_3x3" in k for k in lacking)
+    assert sorted(p.complete(wider)) == sorted(lacking)
+    assert p.missing_keys(wider) == [] and all(p.entry(k) > 0 for k in lacking)
+    # the same table seen from another machine: incomplete is an error, not a silent guess
+    q = Predictor.load(tiny)
+    q.native = False
+    with pytest.raises(LatencyError, match="lacks .* part"):
+        q.complete(wider)
