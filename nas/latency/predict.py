@@ -12,6 +12,7 @@ times into table units; on any other device a missing part is an error.
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -22,7 +23,7 @@ from .measure import (LatencyError, describe, device_identity, gated, in_referen
 from .model import LatencyModel
 from .table import Table, load as load_table, sha256_file
 
-_CALIBRATED: Dict[str, float] = {}  # content hash -> drift scale, once per process
+_CALIBRATED: Dict[str, Tuple[float, float]] = {}  # content hash -> (drift scale, when), per process
 
 
 def same_device(identity: Dict[str, Any], other: Dict[str, Any]) -> bool:
@@ -234,13 +235,18 @@ class Predictor:
         return added
 
     # -- drift ---------------------------------------------------------------------------------
-    def calibrate(self, force: bool = False) -> float:
-        """Time the reference network(s) now and rescale predictions by now / at-build.
+    def calibrate(self, force: bool = False, max_age: Optional[float] = None) -> float:
+        """Time the reference network(s) now and rescale predictions by now / in the table.
 
-        Once per process and table (later calls return the cached scale unless ``force``).
+        Once per process and table: later calls return the cached scale, unless ``force`` or
+        the cached one is older than ``max_age`` seconds.  Re-calibrating follows the machine's
+        speed (which can switch by 30% or more on a shared VM) at the price of judging earlier
+        and later candidates at different speeds; a search that compares candidates against one
+        budget is usually better served by one calibration.
         """
-        if not force and self.content_hash in _CALIBRATED:
-            self.scale, self.calibrated = _CALIBRATED[self.content_hash], True
+        cached = _CALIBRATED.get(self.content_hash)
+        if cached is not None and not force and (max_age is None or time.time() - cached[1] <= max_age):
+            self.scale, self.calibrated = cached[0], True
             return self.scale
         ref = self.meta.get("reference") or {}
         archs, then = ref.get("archs") or [], ref.get("ms") or []
@@ -256,7 +262,7 @@ class Predictor:
             ms.get("max_load"), ms.get("max_wait", 0.0))
         self.scale = float(np.median([a / b for a, b in zip(now, then)]))
         self.calibrated = True
-        _CALIBRATED[self.content_hash] = self.scale
+        _CALIBRATED[self.content_hash] = (self.scale, time.time())
         return self.scale
 
 

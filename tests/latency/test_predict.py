@@ -85,6 +85,11 @@ def test_calibrate_rescales_once_per_process(monkeypatch):
     assert q.calibrate() == pytest.approx(1.2) and len(calls) == 1
     q.calibrate(force=True)
     assert len(calls) == 2
+    q.calibrate(max_age=3600.0)
+    assert len(calls) == 2
+    predict_mod._CALIBRATED["test-calibrate"] = (1.2, 0.0)  # calibrated long ago
+    q.calibrate(max_age=60.0)
+    assert len(calls) == 3
 
 
 def test_fit_recovers_factors():
