@@ -1,0 +1,161 @@
+"""``python -m nas.latency build|validate|show``: build, check and inspect latency tables.
+
+Errors (a missing, truncated or corrupted table, a foreign device, bad settings) print one line
+and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from .measure import LatencyError, device_identity
+
+
+def _settings(text: Optional[str]) -> Dict[str, Any]:
+    if not text:
+        return {}
+    src = Path(text).read_text() if not text.lstrip().startswith("{") and Path(text).exists() else text
+    try:
+        d = json.loads(src)
+    except ValueError:
+        raise LatencyError(f"--settings takes a JSON object or a JSON file, got {text!r}") from None
+    if not isinstance(d, dict):
+        raise LatencyError("--settings must be a JSON object")
+    d.pop("space", None)  # space.settings() names the space; the constructor does not take it
+    return d
+
+
+def default_table_name(space: str, device: str, threads: int, batch: int) -> str:
+    model = re.sub(r"[^a-z0-9]+", "-", device_identity(device)["model"].lower()).strip("-")
+    return f"{space}_{device}-{model}_t{threads}_b{batch}.csv"
+
+
+def _build(a: argparse.Namespace) -> int:
+    import torch
+    from . import TABLES
+    from .build import MEASURE_DEFAULTS, build_table
+    from .validate import LOAD_WARNING
+
+    threads = a.threads or torch.get_num_threads()
+    out = Path(a.out) if a.out else TABLES / default_table_name(a.space, a.device, threads, a.batch)
+    measure = {k: getattr(a, k) for k in MEASURE_DEFAULTS if getattr(a, k, None) is not None}
+    table = build_table(a.space, _settings(a.settings), out, a.device, threads, a.batch,
+                        restart=a.restart, progress=not a.quiet, **measure)
+    m = table.meta["model"]
+    cv = m.get("cv", {}).get(m["name"], {})
+    print(f"wrote {out}: {len(table)} parts, reference {table.meta['reference']['ms'][0]:.3f} ms, model "
+          f"{m['name']} (factor {m['factor']:.3f}, overhead {m['overhead_ms']:.3f} ms"
+          + (f", leave-one-out RMSPE {100 * cv['rmspe']:.1f}%, within 10% {100 * cv['within10']:.0f}%" if cv else "")
+          + f"), {table.meta['build_seconds']:.0f} s")
+    load = table.meta.get("max_chunk_load")
+    if load is not None and load > max(LOAD_WARNING, table.meta["measure"]["max_load"]):
+        print(f"warning: other processes used up to {100 * load:.0f}% of the CPU during the build; "
+              f"rebuild on an idle machine (--restart) before shipping this table", file=sys.stderr)
+    return 0
+
+
+def _validate(a: argparse.Namespace) -> int:
+    from space import SPACES
+    from .predict import Predictor
+    from .validate import format_report, validate, write_report
+
+    p = Predictor.load(a.table, force=a.force)
+    space_name = a.space or p.meta.get("space")
+    if space_name != p.meta.get("space"):
+        raise LatencyError(f"{a.table} was built for space {p.meta.get('space')!r}, not {space_name!r}")
+    settings = _settings(a.settings) if a.settings else dict(p.meta.get("settings") or {})
+    settings.pop("space", None)
+    try:
+        space = SPACES[space_name](**settings)
+    except (KeyError, TypeError, ValueError) as e:
+        raise LatencyError(f"cannot make space {space_name!r} with settings {settings}: {e}") from None
+    df, summary = validate(p, space, a.samples, a.seed, progress=not a.quiet, max_load=a.max_load,
+                           max_wait=a.max_wait)
+    print(format_report(df, summary))
+    if a.out:
+        print(f"wrote {write_report(df, summary, a.out)}")
+    return 0
+
+
+def _show(a: argparse.Namespace) -> int:
+    from .measure import describe
+    from .table import load, sha256_file
+
+    t = load(a.table)
+    m = t.meta
+    ref = m.get("reference") or {}
+    model = m.get("model") or {}
+    cv = model.get("cv") or {}
+    print(f"table     {a.table} (sha256 {sha256_file(a.table)[:16]}...)")
+    print(f"space     {m.get('space')} {json.dumps(m.get('settings'))}")
+    print(f"device    {describe(m.get('device', {}))}, {m.get('threads')} threads, batch {m.get('batch')}, "
+          f"{m.get('dtype')}, torch {m.get('torch')}")
+    print(f"built     {m.get('date')} in {m.get('build_seconds')} s, {m.get('sessions')} session(s), "
+          f"{m.get('chunks')} chunks, speed range {m.get('drift_range')}, others' load up to "
+          f"{m.get('max_chunk_load')}")
+    print(f"reference {', '.join(f'{v:.3f}' for v in ref.get('ms') or [])} ms "
+          f"({len(ref.get('archs') or [])} network(s), {len(ref.get('fillers') or [])} fillers)")
+    print(f"model     {model.get('name', 'sum')}: factor {model.get('factor', 1.0):.4f}, overhead "
+          f"{model.get('overhead_ms', 0.0):.3f} ms, per part {model.get('per_part_ms', 0.0):.4f} ms"
+          + (f", {len(model.get('kind_factor') or {})} kind factors" if model.get("kind_factor") else ""))
+    for name, v in cv.items():
+        if isinstance(v, dict):
+            print(f"          leave-one-out over {cv.get('networks')} networks, {name:14s} RMSPE "
+                  f"{100 * v['rmspe']:5.1f}%  within 10% {100 * v['within10']:5.1f}%")
+    print(f"entries   {len(t)} parts, {t.rows['kind'].nunique()} kinds; largest:")
+    top = t.rows.sort_values("ms", ascending=False).head(a.top)
+    print(top[["key", "kind", "ms", "q20", "q80"]].to_string(index=False))
+    return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from .build import MEASURE_DEFAULTS
+
+    ap = argparse.ArgumentParser(prog="python -m nas.latency", description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build", help="measure every part of a space on this machine")
+    b.add_argument("--space", required=True)
+    b.add_argument("--settings", help="space settings: a JSON object or a JSON file (config.json works)")
+    b.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    b.add_argument("--threads", type=int, help="intra-op threads (default: torch's current count)")
+    b.add_argument("--batch", type=int, default=1)
+    b.add_argument("--out", help="table path, .csv or .parquet (default: nas/latency/tables/<name>.csv)")
+    b.add_argument("--restart", action="store_true", help="discard a partial build instead of resuming it")
+    b.add_argument("--quiet", action="store_true", help="no progress bar")
+    for k, v in MEASURE_DEFAULTS.items():
+        b.add_argument(f"--{k.replace('_', '-')}", dest=k, type=type(v), help=f"default {v}")
+    v = sub.add_parser("validate", help="predicted vs measured latency of random networks")
+    v.add_argument("table")
+    v.add_argument("--space", help="default: the table's space (with the table's settings)")
+    v.add_argument("--settings", help="space settings (JSON object or file); default: the table's")
+    v.add_argument("--samples", type=int, default=50)
+    v.add_argument("--seed", type=int, default=1)
+    v.add_argument("--out", help="write the report: .csv (rows + .summary.json) or text")
+    v.add_argument("--force", action="store_true", help="use a table measured on another device")
+    v.add_argument("--max-load", type=float, help="time a group again if other processes used more of "
+                   "the CPU meanwhile (default: the table's build setting)")
+    v.add_argument("--max-wait", type=float, help="seconds to wait for calm per group (default: the table's)")
+    v.add_argument("--quiet", action="store_true")
+    s = sub.add_parser("show", help="print a table's metadata and its largest entries")
+    s.add_argument("table")
+    s.add_argument("--top", type=int, default=15)
+    a = ap.parse_args(argv)
+    try:
+        return {"build": _build, "validate": _validate, "show": _show}[a.cmd](a)
+    except LatencyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyError as e:  # an unknown space or op name (the registry's message names the known ones)
+        print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,283 @@
+"""Predict a candidate's latency from a table: ``Predictor.load(path).predict(space.parts(arch))``.
+
+Prediction is a dictionary walk over the candidate's parts (tens of microseconds for a few
+hundred parts): every entry is pre-multiplied by its kind's fitted factor when the table is
+loaded, so ``predict`` only adds.  ``calibrate()`` rescales for the process-to-process drift of
+this machine: the table's entries are in the build's reference units (every chunk of a build
+timed a reference network alongside), and ``calibrate()`` times that reference network once and
+multiplies every prediction by (its time now / its time in the table).  Parts the table lacks are timed on the spot when this machine is
+the table's device, next to parts the table has, whose ratio (now / table) converts the new
+times into table units; on any other device a missing part is an error.
+"""
+from __future__ import annotations
+
+import hashlib
+import time
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from .measure import (LatencyError, describe, device_identity, gated, in_reference_units, make_inputs,
+                      num_threads, statistic, time_interleaved)
+from .model import LatencyModel
+from .table import Table, load as load_table, sha256_file
+
+_CALIBRATED: Dict[str, Tuple[float, float]] = {}  # content hash -> (drift scale, when), per process
+
+
+def same_device(identity: Dict[str, Any], other: Dict[str, Any]) -> bool:
+    return all(identity.get(k) == other.get(k) for k in ("type", "model", "cpus"))
+
+
+def current_identity(meta: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """This machine's identity for the table's device type (None if it has no such device)."""
+    try:
+        return device_identity(meta.get("device", {}).get("type", "cpu"))
+    except LatencyError:
+        return None
+
+
+def build_reference(arch_dict: Dict[str, Any]):
+    """(network, input shape at batch 1) of a reference architecture stored in a table."""
+    from space import SPACES
+    from space.arch import ArchBase
+
+    try:
+        arch = ArchBase.from_dict(arch_dict)
+        net = SPACES[arch.space].build(arch)
+    except Exception as e:  # a space changed since the table was built
+        raise LatencyError(f"cannot build the table's reference network ({type(e).__name__}: {e})") from None
+    return net, (1, *arch.input_size)
+
+
+def reference_calls(arch_dicts: Sequence[Dict[str, Any]], device: str, batch: int) -> List[Any]:
+    calls = []
+    for d in arch_dicts:
+        net, shape = build_reference(d)
+        net = net.to(device).eval()
+        xs = make_inputs([shape], batch, device)
+        calls.append(lambda net=net, xs=xs: net(*xs))
+    return calls
+
+
+def time_references(arch_dicts: Sequence[Dict[str, Any]], device: str, threads: Optional[int], batch: int,
+                    settings: Dict[str, Any], fillers: Sequence[Dict[str, Any]] = ()) -> List[float]:
+    """Latency (ms) of each reference network now, timed in shuffled rounds with ``fillers``
+    (other networks of the space) between its runs, as a build times it among parts and networks:
+    timed back to back with itself a network runs ~7% slower here."""
+    calls = reference_calls(arch_dicts, device, batch)
+    others = reference_calls(fillers, device, batch)
+    with num_threads(threads):
+        samples = time_interleaved(calls + others, settings.get("ref_repeats", 20), settings.get("warmup", 3),
+                                   device, min_seconds=settings.get("ref_seconds", 1.0), max_seconds=10.0)
+    return [statistic(v, settings.get("stat", "median")) for v in samples[:len(calls)]]
+
+
+class Predictor:
+    """A loaded latency table with its fitted combination model and drift scale."""
+
+    def __init__(self, table: Table, path: Optional[Path] = None, content_hash: Optional[str] = None,
+                 forced: bool = False):
+        self.table = table
+        self.meta: Dict[str, Any] = table.meta
+        self.path = Path(path) if path is not None else None
+        self.content_hash = content_hash or hashlib.sha256(
+            table.rows.to_csv(index=False).encode()).hexdigest()
+        self.forced = forced
+        self.model = LatencyModel.from_dict(self.meta.get("model"))
+        self.scale = 1.0
+        self.calibrated = False
+        self.calibration_load: Optional[float] = None
+        self._kind = table.kinds()
+        self._raw = table.entries()
+        self._eff = {k: self.model.factor_of(self._kind[k]) * v for k, v in self._raw.items()}
+        here = current_identity(self.meta)
+        self.native = here is not None and same_device(self.meta.get("device", {}), here)
+
+    # -- loading -----------------------------------------------------------------------------
+    @classmethod
+    def load(cls, path: Union[str, Path], force: bool = False) -> "Predictor":
+        """Load a table; a table measured on another device is refused unless ``force``."""
+        path = Path(path)
+        table = load_table(path)
+        p = cls(table, path, sha256_file(path), forced=force)
+        if not p.native and not force:
+            here = current_identity(p.meta)
+            where = describe(here) if here else f"no {p.device_type} device"
+            raise LatencyError(f"{path} was measured on {describe(p.meta.get('device', {}))}, this machine "
+                               f"has {where}; its latencies do not apply here (rebuild the table here, "
+                               f"or pass force=True / --force to use it anyway)")
+        return p
+
+    @property
+    def device_type(self) -> str:
+        return self.meta.get("device", {}).get("type", "cpu")
+
+    @property
+    def threads(self) -> Optional[int]:
+        return self.meta.get("threads")
+
+    @property
+    def batch(self) -> int:
+        return int(self.meta.get("batch", 1))
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._raw
+
+    def entry(self, key: str) -> float:
+        return self._raw[key]
+
+    # -- prediction --------------------------------------------------------------------------
+    def missing(self, parts: Iterable[Any]) -> List[Any]:
+        seen, out = set(), []
+        for p in parts:
+            if p.key not in self._raw and p.key not in seen:
+                seen.add(p.key)
+                out.append(p)
+        return out
+
+    def predict(self, parts: Sequence[Any]) -> float:
+        """Latency (ms) of the network made of ``parts`` (a space's ``parts(arch)``)."""
+        eff = self._eff
+        total = 0.0
+        try:
+            for p in parts:
+                total += eff[p.key]
+        except KeyError:
+            self.add_missing(parts)
+            return self.predict(parts)
+        m = self.model
+        return (total + m.overhead_ms + m.per_part_ms * len(parts)) * self.scale
+
+    def predict_arch(self, arch: Any) -> float:
+        from space import SPACES
+        return self.predict(SPACES[arch.space].parts(arch))
+
+    def sum_entries(self, parts: Sequence[Any]) -> float:
+        """The naive estimate: raw entries summed (no model, no drift scale)."""
+        return sum(self._raw[p.key] for p in parts)
+
+    def breakdown(self, parts: Sequence[Any]) -> Dict[str, float]:
+        """Predicted ms per part kind (without overheads and drift scale)."""
+        self.add_missing(parts)
+        out: Dict[str, float] = {}
+        for p in parts:
+            out[p.kind] = out.get(p.kind, 0.0) + self._eff[p.key]
+        return out
+
+    # -- coverage and missing entries ----------------------------------------------------------
+    def missing_keys(self, space: Any) -> List[str]:
+        """Keys of ``space.all_parts()`` the table lacks (empty: the table covers the space)."""
+        return [p.key for p in space.all_parts() if p.key not in self._raw]
+
+    def _missing_error(self, missing: List[Any], why: str) -> LatencyError:
+        s = self.meta.get("space", "?")
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        return LatencyError(f"{self.path or 'the latency table'} has no entry for {missing[0].key}{more} "
+                            f"(built for space {s!r} with settings {self.meta.get('settings')}); {why}")
+
+    def add_missing(self, parts: Sequence[Any]) -> List[str]:
+        """Time the parts the table lacks, on the spot; returns their keys.
+
+        They are timed in shuffled rounds with up to 8 parts the table has (from ``parts``
+        itself, else from the reference network's time via ``calibrate``); each round is
+        rescaled by those known parts' times in it (as a build rescales by the reference), and
+        their ratio to the table converts the new times into table units.
+        """
+        missing = self.missing(parts)
+        if not missing:
+            return []
+        if not self.native:
+            raise self._missing_error(missing, f"they cannot be timed here because the table was "
+                                               f"measured on {describe(self.meta.get('device', {}))}; "
+                                               f"build a table for this space on that device")
+        anchors, seen = [], set()
+        for p in parts:
+            if p.key in self._raw and p.key not in seen and self._raw[p.key] > 0.005:
+                seen.add(p.key)
+                anchors.append(p)
+        anchors = sorted(anchors, key=lambda p: -self._raw[p.key])[:8]
+        for i in range(0, len(missing), 32):
+            chunk = missing[i:i + 32]
+            samples = time_parts(list(chunk) + anchors, self.meta, self.device_type, self.threads, self.batch)
+            new, known = in_reference_units(samples[:len(chunk)], samples[len(chunk):])
+            stat = self.meta.get("measure", {}).get("stat", "median")
+            if anchors:
+                ratio = float(np.median([k / self._raw[a.key] for k, a in zip(known, anchors)]))
+            else:
+                ratio = self.calibrate()
+            for p, t in zip(chunk, new):
+                self._raw[p.key] = statistic(t, stat) / ratio
+                self._kind[p.key] = p.kind
+                self._eff[p.key] = self.model.factor_of(p.kind) * self._raw[p.key]
+        return [p.key for p in missing]
+
+    def complete(self, space: Any) -> List[str]:
+        """Make sure every part of ``space.all_parts()`` has an entry: on the table's device the
+        missing ones are timed now (once, instead of during a search); elsewhere a table that
+        lacks parts of ``space`` raises LatencyError.  Returns the keys added."""
+        parts = list(space.all_parts())
+        missing = self.missing(parts)
+        if not missing:
+            return []
+        if not self.native:
+            raise self._missing_error(missing, f"the table lacks {len(missing)} part(s) of this space and was "
+                                               f"measured on {describe(self.meta.get('device', {}))}; build a "
+                                               f"table for these settings there")
+        known = [p for p in parts if p.key in self._raw]
+        added: List[str] = []
+        for i in range(0, len(missing), 32):  # anchors: known parts, the same for every chunk
+            added += self.add_missing(missing[i:i + 32] + known[:64])
+        return added
+
+    # -- drift ---------------------------------------------------------------------------------
+    def calibrate(self, force: bool = False, max_age: Optional[float] = None) -> float:
+        """Time the reference network(s) now and rescale predictions by now / in the table.
+
+        Once per process and table: later calls return the cached scale, unless ``force`` or
+        the cached one is older than ``max_age`` seconds.  Re-calibrating follows the machine's
+        speed (which can switch by 30% or more on a shared VM) at the price of judging earlier
+        and later candidates at different speeds; a search that compares candidates against one
+        budget is usually better served by one calibration.
+        """
+        cached = _CALIBRATED.get(self.content_hash)
+        if cached is not None and not force and (max_age is None or time.time() - cached[1] <= max_age):
+            self.scale, self.calibrated = cached[0], True
+            return self.scale
+        ref = self.meta.get("reference") or {}
+        archs, then = ref.get("archs") or [], ref.get("ms") or []
+        if not archs or len(archs) != len(then):
+            raise LatencyError(f"{self.path or 'the latency table'} holds no reference measurement to calibrate with")
+        if not self.native:
+            raise LatencyError(f"cannot calibrate {self.path or 'the table'} here: it was measured on "
+                               f"{describe(self.meta.get('device', {}))}")
+        ms = self.meta.get("measure", {})
+        fillers = ref.get("fillers") or []
+        now, self.calibration_load, _ = gated(
+            lambda: time_references(archs, self.device_type, self.threads, self.batch, ms, fillers),
+            ms.get("max_load"), ms.get("max_wait", 0.0))
+        self.scale = float(np.median([a / b for a, b in zip(now, then)]))
+        self.calibrated = True
+        _CALIBRATED[self.content_hash] = (self.scale, time.time())
+        return self.scale
+
+
+def time_parts(parts: Sequence[Any], meta: Dict[str, Any], device: str, threads: Optional[int],
+               batch: int, seed: int = 0) -> List[List[float]]:
+    """Timing samples (ms) of ``parts``, round by round, timed interleaved as a build does."""
+    s = meta.get("measure", {})
+    calls = []
+    for p in parts:
+        try:
+            m = p.make().to(device).eval()
+            xs = make_inputs(p.inputs, batch, device)
+        except Exception as e:
+            raise LatencyError(f"cannot build part {p.key} ({type(e).__name__}: {e})") from None
+        calls.append(lambda m=m, xs=xs: m(*xs))
+    with num_threads(threads):
+        return time_interleaved(calls, s.get("rounds", 30), s.get("warmup", 3), device, seed,
+                                min_seconds=s.get("min_seconds", 0.0))

@@ -1,0 +1,141 @@
+"""How good a table is: predicted vs measured latency of random networks of its space.
+
+The networks are timed end to end in this process (interleaved in groups, as the build times
+its networks), after ``calibrate()``; metrics follow nn-Meter (RMSE, RMSPE, share within
++-5% / +-10%).  The plain sum of entries is reported beside the model for comparison.
+"""
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence, Tuple, Union
+
+import numpy as np
+import pandas as pd
+
+from .measure import (LatencyError, OtherLoad, gated, in_reference_units, make_inputs, num_threads, statistic,
+                      time_interleaved)
+from .predict import Predictor, reference_calls
+
+
+LOAD_WARNING = 0.05  # share of the CPU used by other processes above which timings are suspect
+
+
+def metrics(pred: Sequence[float], true: Sequence[float]) -> Dict[str, float]:
+    p, t = np.asarray(pred, float), np.asarray(true, float)
+    e = p / t - 1
+    return {"n": int(len(t)), "rmse_ms": float(np.sqrt(np.mean((p - t) ** 2))),
+            "rmspe_pct": float(100 * np.sqrt(np.mean(e ** 2))),
+            "within5_pct": float(100 * np.mean(np.abs(e) <= 0.05)),
+            "within10_pct": float(100 * np.mean(np.abs(e) <= 0.10)),
+            "mean_err_pct": float(100 * np.mean(e)), "max_abs_err_pct": float(100 * np.max(np.abs(e)))}
+
+
+def _call(model: Any, shape: Tuple[int, ...], predictor: Predictor):
+    model = model.to(predictor.device_type).eval()
+    xs = make_inputs([shape], predictor.batch, predictor.device_type)
+    return lambda: model(*xs)
+
+
+def validate(predictor: Predictor, space: Any, samples: int = 50, seed: int = 1, group: Optional[int] = None,
+             rounds: Optional[int] = None, calibrate: bool = True, progress: bool = False,
+             max_load: Optional[float] = None, max_wait: Optional[float] = None) -> Tuple[pd.DataFrame, Dict[str, Any]]:
+    """(per-network DataFrame, summary) over ``samples`` random archs of ``space``.
+
+    ``predicted_ms`` uses the drift scale of one ``calibrate()`` at the start, as a search does.
+    Each group of networks also times the table's reference network(s) in its rounds, and
+    ``anchored_err_pct`` compares prediction and measurement both in reference units (each
+    round rescaled by the reference's time in it, as the build does): the machine's drift
+    during validation is out of that comparison, which leaves the table's own error.
+    A group timed while other processes used more than ``max_load`` of the CPU is timed again
+    after waiting for calm (at most ``max_wait`` s; defaults: the table's build settings).
+    """
+    if not predictor.native:
+        raise LatencyError("validation times networks here, but the table was measured on another device")
+    ms = predictor.meta.get("measure", {})
+    group = group or ms.get("net_group", 8)
+    rounds = rounds or ms.get("net_rounds", 15)
+    max_load = ms.get("max_load") if max_load is None else max_load
+    max_wait = ms.get("max_wait", 0.0) if max_wait is None else max_wait
+    loads = []
+    load = OtherLoad().__enter__()
+    scale = predictor.calibrate() if calibrate else 1.0
+    ref = predictor.meta.get("reference") or {}
+    ref_archs, ref_ms = ref.get("archs") or [], ref.get("ms") or []
+    stat = ms.get("stat", "median")
+    rng = random.Random(f"validation:{seed}")
+    archs = [space.sample(rng) for _ in range(samples)]
+    rows = []
+    ref_calls = reference_calls(ref_archs, predictor.device_type, predictor.batch)
+    from tqdm.auto import tqdm
+    with tqdm(total=samples, desc="validate", unit="net", disable=not progress) as bar:
+        for g in range(0, samples, group):
+            chunk = archs[g:g + group]
+            calls = [_call(space.build(a), (1, *a.input_size), predictor) for a in chunk]
+
+            def timed():
+                with num_threads(predictor.threads):
+                    return time_interleaved(calls + ref_calls, rounds, ms.get("warmup", 3),
+                                            predictor.device_type, seed * 1000 + g)
+            smp, share, _ = gated(timed, max_load, max_wait)
+            loads.append(share)
+            raw = [statistic(v, stat) for v in smp[:len(chunk)]]
+            scaled, ref_now = in_reference_units(smp[:len(chunk)], smp[len(chunk):])
+            # the group's speed relative to the table's reference units
+            speed = float(np.median([a / b for a, b in zip(ref_now, ref_ms)])) if ref_now else scale
+            for a, t, sc in zip(chunk, raw, scaled):
+                parts = space.parts(a)
+                pred = predictor.predict(parts)
+                units = pred / predictor.scale  # the prediction in table units
+                truth_units = statistic(sc, stat) / speed
+                naive = predictor.sum_entries(parts) * scale
+                rows.append({"arch": a.arch_hash, "parts": len(parts), "measured_ms": t, "predicted_ms": pred,
+                             "err_pct": 100 * (pred / t - 1), "anchored_ms": units * speed,
+                             "anchored_measured_ms": truth_units * speed,
+                             "anchored_err_pct": 100 * (units / truth_units - 1), "sum_ms": naive,
+                             "sum_err_pct": 100 * (naive / t - 1), "speed": speed / scale if scale else 1.0})
+            bar.update(len(chunk))
+    load.__exit__(None, None, None)
+    df = pd.DataFrame(rows)
+    summary = {"other_load": load.share, "max_group_load": max((v for v in loads if v is not None), default=None),
+               "calibration_load": predictor.calibration_load, "table": str(predictor.path), "table_sha256": predictor.content_hash,
+               "space": space.name, "samples": samples, "seed": seed, "scale": scale,
+               "model": predictor.model.name, **metrics(df["predicted_ms"], df["measured_ms"]),
+               "anchored": metrics(df["anchored_ms"], df["anchored_measured_ms"]),
+               "sum": metrics(df["sum_ms"], df["measured_ms"]),
+               "drift_range": [float(df["speed"].min()), float(df["speed"].max())]}
+    return df, summary
+
+
+def format_report(df: pd.DataFrame, summary: Dict[str, Any]) -> str:
+    s, n, an = summary, summary["sum"], summary["anchored"]
+    lines = [df.to_string(index=False, float_format=lambda v: f"{v:.3f}"), "",
+             f"{'':14s}{'RMSE ms':>10s}{'RMSPE %':>10s}{'<=5% %':>9s}{'<=10% %':>9s}{'mean err %':>12s}",
+             f"{'model ' + s['model'][:8]:14s}{s['rmse_ms']:10.3f}{s['rmspe_pct']:10.2f}{s['within5_pct']:9.1f}"
+             f"{s['within10_pct']:9.1f}{s['mean_err_pct']:12.2f}",
+             f"{'anchored':14s}{an['rmse_ms']:10.3f}{an['rmspe_pct']:10.2f}{an['within5_pct']:9.1f}"
+             f"{an['within10_pct']:9.1f}{an['mean_err_pct']:12.2f}",
+             f"{'plain sum':14s}{n['rmse_ms']:10.3f}{n['rmspe_pct']:10.2f}{n['within5_pct']:9.1f}"
+             f"{n['within10_pct']:9.1f}{n['mean_err_pct']:12.2f}",
+             f"{s['samples']} networks of {s['space']}, drift scale {s['scale']:.3f} at calibration, "
+             f"{s['drift_range'][0]:.3f}-{s['drift_range'][1]:.3f} times that during validation, table {s['table']}",
+             "model: predicted with one calibrate() at the start (what a search gets); anchored: rescaled "
+             "by the reference timed with each group (the table's own error); plain sum: entries summed"]
+    worst = max(v or 0 for v in (s.get("max_group_load"), s.get("calibration_load")))
+    if worst > LOAD_WARNING:
+        lines.append(f"warning: other processes used up to {100 * worst:.0f}% of the CPU while networks were "
+                     f"timed; these timings are not reliable")
+    return "\n".join(lines)
+
+
+def write_report(df: pd.DataFrame, summary: Dict[str, Any], path: Union[str, Path]) -> Path:
+    """``.csv``: per-network rows (summary in ``<path>.summary.json``); anything else: the text report."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".csv":
+        df.to_csv(path, index=False)
+        path.with_name(path.name + ".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    else:
+        path.write_text(format_report(df, summary) + "\n\n" + json.dumps(summary, indent=2) + "\n")
+    return path

@@ -1,0 +1,105 @@
+"""A tiny build on this CPU, its validation, resuming, and finding a shipped table."""
+import json
+
+import pytest
+import torch
+
+from nas.latency import LatencyError, Predictor, find_shipped_table
+from nas.latency import build as build_mod
+from nas.latency.build import build_table
+from nas.latency.validate import format_report, validate, write_report
+from space.registries import SPACES
+
+SETTINGS = {"ops": ["skip_connect", "sep_conv_3x3", "max_pool_3x3"], "channels": 8, "cells": 3,
+            "input_size": [3, 16, 16]}
+FAST = dict(rounds=5, warmup=1, chunk=8, networks=8, net_rounds=3, net_group=4, ref_repeats=5,
+            ref_seconds=0.05, max_load=1.0)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    out = tmp_path_factory.mktemp("lat") / "tiny.csv"
+    build_table("darts", SETTINGS, out, "cpu", threads=1, progress=False, **FAST)
+    return out
+
+
+def test_tiny_build_and_validation(tiny, tmp_path):
+    space = SPACES["darts"](**SETTINGS)
+    p = Predictor.load(tiny)
+    assert p.missing_keys(space) == [] and len(p) == len(list(space.all_parts()))
+    m = p.meta
+    assert m["space"] == "darts" and m["settings"] == space.settings()
+    assert m["threads"] == 1 and m["batch"] == 1 and m["dtype"] == "float32" and m["torch"] == torch.__version__
+    assert m["device"]["type"] == "cpu" and m["device"]["model"] and m["date"]
+    assert m["measure"]["rounds"] == 5 and len(m["calibration"]["networks"]) == 8
+    assert m["reference"]["ms"][0] > 0 and m["model"]["name"]
+    assert (p.table.rows["ms"] > 0).all() and (p.table.rows["n"] >= 5).all()
+    assert not tiny.with_name(tiny.name + ".partial").exists()
+    df, summary = validate(p, space, samples=4, rounds=2, max_load=1.0)
+    assert len(df) == 4 and (df["measured_ms"] > 0).all() and (df["predicted_ms"] > 0).all()
+    for k in ("rmse_ms", "rmspe_pct", "within5_pct", "within10_pct"):
+        assert k in summary and k in summary["sum"]
+    assert "RMSPE" in format_report(df, summary)
+    out = write_report(df, summary, tmp_path / "v.csv")
+    assert json.loads(out.with_name("v.csv.summary.json").read_text())["samples"] == 4
+
+
+def test_resume_measures_only_what_is_left(tmp_path, monkeypatch):
+    out = tmp_path / "r.csv"
+    real = build_mod._part_rows
+    seen = []
+
+    def interrupted(parts, *a, **k):
+        if seen:
+            raise KeyboardInterrupt
+        seen.extend(p.key for p in parts)
+        return real(parts, *a, **k)
+    monkeypatch.setattr(build_mod, "_part_rows", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build_table("darts", SETTINGS, out, "cpu", threads=1, progress=False, **FAST)
+    journal = out.with_name("r.csv.partial")
+    assert journal.exists() and not out.exists() and len(seen) == FAST["chunk"]
+
+    again = []
+
+    def counting(parts, *a, **k):
+        again.extend(p.key for p in parts)
+        return real(parts, *a, **k)
+    monkeypatch.setattr(build_mod, "_part_rows", counting)
+    with pytest.raises(LatencyError, match="other settings"):
+        build_table("darts", SETTINGS, out, "cpu", threads=1, progress=False, **dict(FAST, rounds=6))
+    with pytest.raises(LatencyError, match="differs in: threads"):
+        build_table("darts", SETTINGS, out, "cpu", threads=2, progress=False, **FAST)
+    with open(journal, "a") as f:
+        f.write('{"part": {"key": "torn')  # a line cut by the interruption
+    t = build_table("darts", SETTINGS, out, "cpu", threads=1, progress=False, **FAST)
+    keys = {p.key for p in SPACES["darts"](**SETTINGS).all_parts()}
+    assert set(again) == keys - set(seen) and set(t.entries()) == keys
+    assert t.meta["sessions"] == 2 and out.exists() and not journal.exists()
+
+
+def test_find_shipped_table(tiny, tmp_path):
+    import shutil
+    shutil.copy(tiny, tmp_path / "darts_tiny.csv")
+    assert find_shipped_table("darts", SETTINGS, threads=1, directory=tmp_path) == tmp_path / "darts_tiny.csv"
+    assert find_shipped_table("darts", SETTINGS, threads=3, directory=tmp_path) is None
+    assert find_shipped_table("darts", SETTINGS, threads=1, batch=8, directory=tmp_path) is None
+    fewer = dict(SETTINGS, ops=["skip_connect", "max_pool_3x3"])  # a subset: every part is in the table
+    assert find_shipped_table("darts", fewer, threads=1, directory=tmp_path) == tmp_path / "darts_tiny.csv"
+    more = dict(SETTINGS, ops=["skip_connect", "sep_conv_5x5"])  # other candidate ops: incomplete
+    assert find_shipped_table("darts", more, threads=1, directory=tmp_path) is None
+    assert find_shipped_table("darts", None, threads=1, directory=tmp_path) is None
+
+
+def test_complete_times_parts_of_other_settings_here_only(tiny):
+    wider = SPACES["darts"](**dict(SETTINGS, ops=SETTINGS["ops"] + ["avg_pool_3x3"]))
+    p = Predictor.load(tiny)
+    lacking = p.missing_keys(wider)
+    assert lacking and all("avg_pool_3x3" in k for k in lacking)
+    assert sorted(p.complete(wider)) == sorted(lacking)
+    assert p.missing_keys(wider) == [] and all(p.entry(k) > 0 for k in lacking)
+    # the same table seen from another machine: incomplete is an error, not a silent guess
+    q = Predictor.load(tiny)
+    q.native = False
+    with pytest.raises(LatencyError, match="lacks .* part"):
+        q.complete(wider)

@@ -1,0 +1,74 @@
+"""Timing primitives."""
+import pytest
+import torch
+from torch import nn
+
+from nas.latency import LatencyError, measure_model, measure_models
+from nas.latency import measure
+
+
+class Add(nn.Module):
+    def forward(self, x, y):
+        return x + y
+
+
+def test_measure_model_shapes_and_threads():
+    before = torch.get_num_threads()
+    ms = measure_model(nn.Conv2d(4, 4, 3), (1, 4, 8, 8), threads=1, repeats=5, min_seconds=0.0)
+    assert ms > 0 and torch.get_num_threads() == before
+    assert measure_model(Add(), [(1, 4, 8, 8), (1, 4, 8, 8)], repeats=3, min_seconds=0.0) > 0
+    a, b = measure_models([nn.Identity(), nn.Conv2d(8, 8, 3)], [(1, 8, 16, 16), (1, 8, 16, 16)], rounds=5)
+    assert 0 < a < b
+    with pytest.raises(LatencyError):
+        measure.statistic([1.0], "mode")
+
+
+def test_time_interleaved_rounds_and_thread_clock():
+    calls = []
+    s = measure.time_interleaved([lambda: calls.append(0), lambda: calls.append(1)], rounds=4, warmup=2)
+    assert [len(v) for v in s] == [4, 4] and len(calls) == 12
+    with measure.num_threads(1):
+        assert len(measure.time_interleaved([lambda: None], rounds=3, clock="thread")[0]) == 3
+    with measure.num_threads(2), pytest.raises(LatencyError, match="threads=1"):
+        measure.time_interleaved([lambda: None], rounds=3, clock="thread")
+
+
+def test_gated_times_again_when_others_were_busy(monkeypatch):
+    shares = iter([0.9, 0.02])
+
+    class FakeLoad:
+        share = None
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            self.share = next(shares)
+    monkeypatch.setattr(measure, "OtherLoad", FakeLoad)
+    monkeypatch.setattr(measure, "machine_busy", lambda seconds=1.0: 0.0)
+    runs = []
+    out, share, reruns = measure.gated(lambda: runs.append(1) or len(runs), 0.1, 10.0)
+    assert (out, share, reruns) == (2, 0.02, 1)
+    shares = iter([0.9])
+    assert measure.gated(lambda: "once", None, 10.0) == ("once", 0.9, 0)  # no gate: kept as is
+
+
+def test_device_identity():
+    ident = measure.device_identity("cpu")
+    assert ident["type"] == "cpu" and ident["model"] and ident["cpus"] >= 1
+    with pytest.raises(LatencyError):
+        measure.device_identity("meta")
+
+
+def test_reference_units_remove_a_speed_switch():
+    state = [1.0] * 6 + [1.4] * 5  # the machine switches to a slower state after 6 rounds
+    ref = [[50.0 * s for s in state]]
+    a = [2.0 * s for s in state]
+    b = [3.0 * s * (1.1 if r == 2 else 1.0) for r, s in enumerate(state)]  # one jittery run
+    (sa, sb), med = measure.in_reference_units([a, b], ref)
+    assert med == [50.0]
+    assert sa == pytest.approx([2.0] * 11)  # at the run's typical (median) speed, every round
+    assert measure.statistic(sb) == pytest.approx(3.0)
+    # the plain median lands in whichever state holds the majority of rounds
+    assert measure.statistic(a) == pytest.approx(2.0)
+    assert measure.statistic([2.0 * s for s in [1.0] * 5 + [1.4] * 6]) == pytest.approx(2.8)

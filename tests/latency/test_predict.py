@@ -1,0 +1,109 @@
+"""Prediction from a table: the combination model, missing entries, speed, calibration."""
+import time
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from nas.latency import Predictor, device_identity
+from nas.latency import predict as predict_mod
+from nas.latency.model import LatencyModel, Sample, fit
+from nas.latency.table import Table
+from space.base import Part
+from space.registries import SPACES
+
+
+def part(key, kind="conv", make=None, shape=(1, 8, 8, 8)):
+    return Part(key, kind, (shape,), make or (lambda: nn.Conv2d(shape[1], shape[1], 3, padding=1)))
+
+
+def table(entries, kinds=None, model=None, device=None):
+    rows = [{"key": k, "kind": (kinds or {}).get(k, "conv"), "ms": v, "q20": v, "q80": v, "n": 10,
+             "inputs": "1x8x8x8"} for k, v in entries.items()]
+    meta = {"space": "toy", "device": device or device_identity("cpu"), "threads": 1, "batch": 1,
+            "measure": {"rounds": 5, "warmup": 1, "stat": "median"}, "model": model or {}}
+    return Predictor(Table.from_records(rows, meta))
+
+
+def test_prediction_is_sum_plus_overhead():
+    p = table({"a": 1.25, "b": 0.5, "c": 0.125},
+              model={"name": "affine", "factor": 1.0, "overhead_ms": 0.75})
+    parts = [part("a"), part("b"), part("a"), part("c")]
+    assert p.predict(parts) == pytest.approx(1.25 + 0.5 + 1.25 + 0.125 + 0.75)
+    assert p.sum_entries(parts) == pytest.approx(3.125)
+
+
+def test_prediction_with_factors_and_part_cost():
+    p = table({"a": 2.0, "b": 1.0}, kinds={"a": "conv", "b": "pool"},
+              model={"name": "kind", "factor": 1.1, "overhead_ms": 0.5, "per_part_ms": 0.01,
+                     "kind_factor": {"pool": 0.5}})
+    parts = [part("a"), part("b", "pool"), part("b", "pool")]
+    assert p.predict(parts) == pytest.approx(0.5 + 0.03 + 1.1 * 2.0 + 0.5 * 2.0)
+    assert p.breakdown(parts) == pytest.approx({"conv": 2.2, "pool": 1.0})
+    p.scale = 1.2  # a calibrated drift scale multiplies everything
+    assert p.predict(parts) == pytest.approx(1.2 * (0.5 + 0.03 + 2.2 + 1.0))
+
+
+def test_missing_entry_is_measured_on_this_device():
+    p = table({"a": 0.05})
+    big = part("big", make=lambda: nn.Sequential(*[nn.Conv2d(8, 8, 3, padding=1) for _ in range(4)]))
+    ms = p.predict([part("a"), big])
+    assert "big" in p and p.entry("big") > 0
+    assert ms == pytest.approx(0.05 + p.entry("big"))
+
+
+def test_prediction_is_fast():
+    space = SPACES["darts"]()
+    arch = space.sample(__import__("random").Random(0))
+    parts = space.parts(arch)
+    p = table({q.key: 0.01 for q in space.all_parts()}, model={"name": "affine", "factor": 1.1, "overhead_ms": 1.0})
+    p.predict(parts)
+    t0 = time.perf_counter()
+    for _ in range(200):
+        p.predict(parts)
+    assert (time.perf_counter() - t0) / 200 < 1e-3
+    assert p.predict(parts) == pytest.approx(1.1 * 0.01 * len(parts) + 1.0)
+
+
+def test_calibrate_rescales_once_per_process(monkeypatch):
+    calls = []
+
+    def fake(archs, *a, **k):
+        calls.append(1)
+        return [12.0]
+    monkeypatch.setattr(predict_mod, "time_references", fake)
+    p = table({"a": 1.0})
+    p.meta["reference"] = {"archs": [{"space": "darts"}], "ms": [10.0]}
+    p.content_hash = "test-calibrate"
+    predict_mod._CALIBRATED.pop("test-calibrate", None)
+    assert p.calibrate() == pytest.approx(1.2)
+    assert p.predict([part("a")]) == pytest.approx(1.2)
+    q = table({"a": 1.0})
+    q.meta["reference"] = p.meta["reference"]
+    q.content_hash = "test-calibrate"
+    assert q.calibrate() == pytest.approx(1.2) and len(calls) == 1
+    q.calibrate(force=True)
+    assert len(calls) == 2
+    q.calibrate(max_age=3600.0)
+    assert len(calls) == 2
+    predict_mod._CALIBRATED["test-calibrate"] = (1.2, 0.0)  # calibrated long ago
+    q.calibrate(max_age=60.0)
+    assert len(calls) == 3
+
+
+def test_fit_recovers_factors():
+    rng = np.random.default_rng(0)
+    samples = []
+    for _ in range(30):
+        conv, pool = rng.uniform(1, 5), rng.uniform(0.2, 2)
+        samples.append(Sample({"conv": conv, "pool": pool}, 40, 1.2 * conv + 0.6 * pool + 0.8))
+    m = fit(samples)
+    assert m.name.startswith("kind")
+    assert m.factor_of("conv") == pytest.approx(1.2, rel=0.05)
+    assert m.factor_of("pool") == pytest.approx(0.6, rel=0.1)
+    assert m.predict_sums({"conv": 2.0, "pool": 1.0}, 40) == pytest.approx(2.4 + 0.6 + 0.8, rel=0.02)
+    same = [Sample({"conv": s.kind_sums["conv"]}, 40, 1.3 * s.kind_sums["conv"] + 0.2) for s in samples]
+    m = fit(same, candidates=("affine",))
+    assert m.name == "affine" and m.factor == pytest.approx(1.3) and m.overhead_ms == pytest.approx(0.2, abs=1e-6)
+    assert LatencyModel.from_dict(m.to_dict()) == m
