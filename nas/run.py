@@ -110,11 +110,13 @@ def _latency(cfg: SearchConfig, constraints, sp):
     return pred
 
 
-def _objectives(constraints: List[Constraint], latency) -> List[Objective]:
+def _objectives(cfg: SearchConfig, constraints: List[Constraint], latency) -> List[Objective]:
     obj = [Objective("val_acc", True), Objective("flops", False)]
     if any(c.kind == "params" for c in constraints):
         obj.append(Objective("params", False))
-    if latency is not None:
+    # a shipped table found on its own only reports latency: the objectives (and so the trials
+    # a seed gives) must not depend on which machine the run happens to be on
+    if latency is not None and (cfg.latency_lut is not None or any(c.kind == "latency" for c in constraints)):
         obj.append(Objective("latency_ms", False))
     return obj
 
@@ -160,9 +162,9 @@ def run(cfg: SearchConfig) -> Dict[str, Any]:
         drivers.options(cfg.driver)  # an unknown or uninstalled driver fails before any folder exists
     except drivers.DriverUnavailable as e:
         raise RunError(str(e)) from None
+    latency = _latency(cfg, constraints, sp)  # a missing or foreign table is refused before any folder exists
     folder = _prepare_folder(cfg, constraints)
-    latency = _latency(cfg, constraints, sp)
-    objectives = _objectives(constraints, latency)
+    objectives = _objectives(cfg, constraints, latency)
     storage = cfg.storage or f"sqlite:///{(folder / 'study.db').resolve()}"
     try:
         unknown = sorted(set(cfg.driver_options) - set(drivers.options(cfg.driver)))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -77,7 +78,7 @@ def _validate(a: argparse.Namespace) -> int:
                            max_wait=a.max_wait)
     print(format_report(df, summary))
     if a.out:
-        print(f"wrote {write_report(df, summary, a.out)}")
+        print(f"wrote {write_report(df, summary, a.out, command=a.command_line)}")
     return 0
 
 
@@ -112,6 +113,13 @@ def _show(a: argparse.Namespace) -> int:
     return 0
 
 
+def _command_line(argv: Optional[List[str]] = None) -> str:
+    import shlex
+    threads = os.environ.get("OMP_NUM_THREADS")
+    env = f"OMP_NUM_THREADS={threads} " if threads else ""
+    return env + "python -m nas.latency " + " ".join(shlex.quote(v) for v in (sys.argv[1:] if argv is None else argv))
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     from .build import MEASURE_DEFAULTS
 
@@ -144,6 +152,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     s.add_argument("table")
     s.add_argument("--top", type=int, default=15)
     a = ap.parse_args(argv)
+    a.command_line = _command_line(argv)
     try:
         return {"build": _build, "validate": _validate, "show": _show}[a.cmd](a)
     except LatencyError as e:

@@ -194,7 +194,7 @@ def build_table(space_name: str, settings: Optional[Dict[str, Any]] = None,
     def gate(fn):
         out = gated(fn, ms["max_load"], ms["max_wait"])
         if out[2]:
-            bar.set_postfix_str(f"timed again after other processes' load")
+            bar.set_postfix_str("timed again after other processes' load")
         return out
 
     load = OtherLoad().__enter__()

@@ -129,13 +129,21 @@ def format_report(df: pd.DataFrame, summary: Dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def write_report(df: pd.DataFrame, summary: Dict[str, Any], path: Union[str, Path]) -> Path:
-    """``.csv``: per-network rows (summary in ``<path>.summary.json``); anything else: the text report."""
+def write_report(df: pd.DataFrame, summary: Dict[str, Any], path: Union[str, Path],
+                 command: Optional[str] = None) -> Path:
+    """``.csv``: per-network rows (summary in ``<path>.summary.json``); anything else: the text report.
+
+    ``command`` (the command line that produced it) heads the text report and joins the summary,
+    so a committed report says how to reproduce it.
+    """
     path = Path(path)
+    if command:
+        summary = dict(summary, command=command)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".csv":
         df.to_csv(path, index=False)
         path.with_name(path.name + ".summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     else:
-        path.write_text(format_report(df, summary) + "\n\n" + json.dumps(summary, indent=2) + "\n")
+        head = f"$ {command}\n\n" if command else ""
+        path.write_text(head + format_report(df, summary) + "\n\n" + json.dumps(summary, indent=2) + "\n")
     return path

@@ -42,6 +42,8 @@ def test_tiny_build_and_validation(tiny, tmp_path):
     assert "RMSPE" in format_report(df, summary)
     out = write_report(df, summary, tmp_path / "v.csv")
     assert json.loads(out.with_name("v.csv.summary.json").read_text())["samples"] == 4
+    txt = write_report(df, summary, tmp_path / "v.txt", command="python -m nas.latency validate t.csv").read_text()
+    assert txt.startswith("$ python -m nas.latency validate t.csv\n") and "RMSPE" in txt
 
 
 def test_resume_measures_only_what_is_left(tmp_path, monkeypatch):

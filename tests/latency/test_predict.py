@@ -1,9 +1,6 @@
-"""Prediction from a table: the combination model, missing entries, speed, calibration."""
-import time
-
+"""Prediction from a table: the combination model, missing entries, calibration."""
 import numpy as np
 import pytest
-import torch
 from torch import nn
 
 from nas.latency import Predictor, device_identity
@@ -53,16 +50,12 @@ def test_missing_entry_is_measured_on_this_device():
     assert ms == pytest.approx(0.05 + p.entry("big"))
 
 
-def test_prediction_is_fast():
+def test_prediction_of_a_sampled_arch():
+    # its speed (under 1 ms per candidate) is measured by bench/latency_predict.py
     space = SPACES["darts"]()
     arch = space.sample(__import__("random").Random(0))
     parts = space.parts(arch)
     p = table({q.key: 0.01 for q in space.all_parts()}, model={"name": "affine", "factor": 1.1, "overhead_ms": 1.0})
-    p.predict(parts)
-    t0 = time.perf_counter()
-    for _ in range(200):
-        p.predict(parts)
-    assert (time.perf_counter() - t0) / 200 < 1e-3
     assert p.predict(parts) == pytest.approx(1.1 * 0.01 * len(parts) + 1.0)
 
 
