@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Optional
 EPILOG = """\
 budgets: 300MFLOPs, 0.3GFLOPs, 300MMACs (the same: fvcore counts one multiply-add as one FLOP),
 2.5Mparams, 5ms (needs a latency table); join several with commas: 300MFLOPs,5ms.
-The budget applies to the deployed network (e.g. DARTS: 36 channels, 20 cells) at batch 1.
+The budget applies to the deployed network (e.g. DARTS: 20 cells of 16 channels by default) at batch 1.
 
 outputs (in --out): config.json, trials.csv, pareto.csv, archs/<trial>.json, best.json,
 pareto.png, baselines.csv, summary.json, study.db, supernet.pt  (see results/README.md)

@@ -199,6 +199,10 @@ def run(cfg: SearchConfig) -> Dict[str, Any]:
     say(f"run folder: {folder}")
     say(f"data: {ds.name} ({ds.source}); {ds.note}".rstrip("; "))
     say(f"budget: {'; '.join(c.describe() for c in constraints)}")
+    if latency is not None:
+        role = "constraint/objective" if any(o.name == "latency_ms" for o in objectives) else "reported only"
+        say(f"latency: {role}, predicted from {latency.path} (rescaled x{latency.scale:.3f} for this "
+            f"machine's current speed)")
 
     phases: Dict[str, float] = {}
     t0 = time.time()

@@ -37,7 +37,8 @@ def find_shipped_table(space_name: str, settings: Optional[Dict[str, Any]] = Non
     except LatencyError:
         return None
     threads = threads or torch.get_num_threads()
-    wanted_space = SPACES[space_name](**(settings or {}))
+    # space.settings() names the space; its constructor does not take that key
+    wanted_space = SPACES[space_name](**{k: v for k, v in (settings or {}).items() if k != "space"})
     wanted = wanted_space.settings()
     fits = []
     folder = Path(directory) if directory is not None else TABLES

@@ -84,6 +84,8 @@ def test_find_shipped_table(tiny, tmp_path):
     import shutil
     shutil.copy(tiny, tmp_path / "darts_tiny.csv")
     assert find_shipped_table("darts", SETTINGS, threads=1, directory=tmp_path) == tmp_path / "darts_tiny.csv"
+    named = SPACES["darts"](**SETTINGS).settings()  # what a run passes: settings() names the space
+    assert find_shipped_table("darts", named, threads=1, directory=tmp_path) == tmp_path / "darts_tiny.csv"
     assert find_shipped_table("darts", SETTINGS, threads=3, directory=tmp_path) is None
     assert find_shipped_table("darts", SETTINGS, threads=1, batch=8, directory=tmp_path) is None
     fewer = dict(SETTINGS, ops=["skip_connect", "max_pool_3x3"])  # a subset: every part is in the table

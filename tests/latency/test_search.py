@@ -1,0 +1,63 @@
+"""`--budget Nms` end to end: a table built here, latency as constraint and objective, outputs."""
+import json
+import random
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+
+from nas.cli import main
+from nas.latency import Predictor
+from nas.latency.build import build_table
+from space.registries import SPACES
+
+OPS = ["skip_connect", "max_pool_3x3", "sep_conv_3x3", "dil_conv_3x3"]
+# the space a CLI run on digits builds: its classes come from the data
+SETTINGS = {"ops": OPS, "fusions": ["sum"], "channels": 8, "cells": 3, "supernet_channels": 4,
+            "supernet_cells": 2, "num_classes": 10}
+CLI = ["--data", "digits", "--epochs", "1", "--trials", "8", "--quiet", "--batch-size", "128", "--seed", "1",
+       "--ops", ",".join(OPS), "--fusions", "sum", "--space-opt", "channels=8", "--space-opt", "cells=3",
+       "--space-opt", "supernet_channels=4", "--space-opt", "supernet_cells=2"]
+FAST = dict(rounds=5, warmup=1, chunk=16, networks=8, net_rounds=3, net_group=4, ref_repeats=5,
+            ref_seconds=0.05, max_load=1.0)
+
+
+@pytest.fixture(scope="module")
+def table(tmp_path_factory):
+    out = tmp_path_factory.mktemp("lat") / "cli.csv"
+    build_table("darts", SETTINGS, out, "cpu", threads=1, progress=False, **FAST)
+    return out
+
+
+def test_latency_budget_is_constraint_objective_and_recorded(table, tmp_path):
+    sp = SPACES["darts"](**SETTINGS)
+    pred = Predictor.load(table)
+    rng = random.Random(0)
+    typical = sorted(pred.predict(sp.parts(sp.sample(rng))) for _ in range(20))[10]
+    limit = round(typical, 3)  # about half the candidates over it
+    out = tmp_path / "run"
+    assert main(["--budget", f"{limit}ms", "--latency-lut", str(table), "--threads", "1", "--out", str(out),
+                 *CLI]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["latency_table"]["path"] == str(table)
+    assert cfg["latency_table"]["sha256"] == pred.content_hash
+    trials = pd.read_csv(out / "trials.csv")
+    assert trials.latency_ms.notna().all() and (trials.latency_ms > 0).all()
+    assert ((trials.state == "over_budget") == (trials.latency_ms > limit)).all()
+    assert (trials.state == "complete").any()
+    front = pd.read_csv(out / "pareto.csv")
+    assert len(front) and (front.latency_ms <= limit).all()
+    best = json.loads((out / "best.json").read_text())
+    assert best["latency_ms"] <= limit
+    assert (out / "pareto.png").stat().st_size > 0
+
+
+def test_latency_budget_without_a_table_is_a_one_line_error(tmp_path):
+    # no shipped table holds these tiny settings' parts
+    cmd = [sys.executable, "search.py", "--budget", "5ms", "--out", str(tmp_path / "x"), *CLI]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr
+    lines = [line for line in r.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "no latency table" in lines[0] and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "x").exists()
