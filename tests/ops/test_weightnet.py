@@ -8,8 +8,7 @@ from torch import nn
 
 import space
 from nas import flops
-from space.ops.weightnet import (GapReduce, WeightNet, WeightNetConv, WeightNetDW,
-                                 WeightNetDWConv, gap_channels)
+from space.ops.weightnet import GapReduce, WeightNet, WeightNetConv, WeightNetDW, gap_channels
 
 
 def _grouped_fc(weight, a, groups):
