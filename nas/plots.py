@@ -34,7 +34,10 @@ def plot_pareto(trials: pd.DataFrame, front: pd.DataFrame, constraints: Sequence
                        label=f"rejected over budget ({len(over)}), never trained", zorder=1)
         if len(front):
             f = front.sort_values(key)
-            ax.plot(f[key], f.val_acc, "-o", c="tab:blue", ms=6, lw=1.5, label=f"Pareto front ({len(front)})", zorder=3)
+            # a front chosen on other axes too (FLOPs, params) is no staircase here: no line then
+            line = "-o" if f.val_acc.is_monotonic_increasing else "o"
+            what = "Pareto front" if line == "-o" else "Pareto-optimal over all objectives"
+            ax.plot(f[key], f.val_acc, line, c="tab:blue", ms=6, lw=1.5, label=f"{what} ({len(front)})", zorder=3)
         if baselines is not None and len(baselines):
             for _, b in baselines.iterrows():
                 if pd.notna(b.get(key)) and pd.notna(b.get("val_acc")):

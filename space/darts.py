@@ -13,6 +13,7 @@ it flows in execution order (cells in order; inside a cell node by node, edge 0 
 """
 from __future__ import annotations
 
+import functools
 import itertools
 from dataclasses import dataclass
 from typing import Any, ClassVar, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -218,22 +219,35 @@ def _deployed(make):
     return f
 
 
+# Parts are frozen and depend only on their arguments: memoised, since a search enumerates the
+# parts of every candidate (for FLOPs and latency) and formatting keys dominated that.
+_memo = functools.lru_cache(maxsize=65536)
+
+
 def op_part(name: str, C_in: int, C_out: int, stride: int, hw: Tuple[int, int],
             chain: Optional[set] = None) -> Part:
     """An edge op; ``chain`` (the network-state names already written in this stage) decides
     whether a stateful op runs as the start of its chain or continues one."""
-    fields = dict(name=name, cin=C_in, cout=C_out, s=stride, hw=f"{hw[0]}x{hw[1]}")
     key = stateful_key(OPS.meta(name))
     if key is None:
-        return Part(part_key("op", **fields), name, ((1, C_in, *hw),),
-                    _deployed(lambda: make_op(name, C_in, C_out, stride, hw)))
+        return _op_part(name, C_in, C_out, stride, tuple(hw), None)
     prev = chain is not None and key in chain
     if chain is not None:
         chain.add(key)
+    return _op_part(name, C_in, C_out, stride, tuple(hw), prev)
+
+
+@_memo
+def _op_part(name: str, C_in: int, C_out: int, stride: int, hw: Tuple[int, int], prev: Optional[bool]) -> Part:
+    fields = dict(name=name, cin=C_in, cout=C_out, s=stride, hw=f"{hw[0]}x{hw[1]}")
+    if prev is None:
+        return Part(part_key("op", **fields), name, ((1, C_in, *hw),),
+                    _deployed(lambda: make_op(name, C_in, C_out, stride, hw)))
     return Part(part_key("op", **fields, prev=int(prev)), name, ((1, C_in, *hw),),
                 _deployed(lambda: WithState(make_op(name, C_in, C_out, stride, hw), prev)))
 
 
+@_memo
 def fusion_part(name: str, C: int, hw: Tuple[int, int]) -> Part:
     shape = (1, C, *hw)
     return Part(part_key("fusion", name=name, c=C, hw=f"{hw[0]}x{hw[1]}"), f"fusion:{name}",
@@ -245,15 +259,16 @@ def _stem_part(c_in: int, C: int, hw) -> Part:
                 ((1, c_in, *hw),), _deployed(lambda: _stem(c_in, C)))
 
 
-def _pre_parts(layer: _Layer) -> List[Part]:
+@_memo
+def _pre_parts(layer: _Layer) -> Tuple[Part, ...]:
     kind0 = "factorized_reduce" if layer.reduction_prev else "relu_conv_bn"
     hw_pp, hw = layer.hw_pp, layer.hw
-    return [
+    return (
         Part(part_key(kind0, cin=layer.C_pp, cout=layer.C, hw=f"{hw_pp[0]}x{hw_pp[1]}"), kind0,
              ((1, layer.C_pp, *hw_pp),), _deployed(lambda: _preprocess0(layer))),
         Part(part_key("relu_conv_bn", cin=layer.C_p, cout=layer.C, hw=f"{hw[0]}x{hw[1]}"), "relu_conv_bn",
              ((1, layer.C_p, *hw),), _deployed(lambda: ReLUConvBN(layer.C_p, layer.C, 1))),
-    ]
+    )
 
 
 def _head_part(C: int, classes: int, hw) -> Part:
@@ -277,7 +292,7 @@ def parts(arch: DartsArch) -> List[Part]:
             stride = 2 if layer.reduction and i < 2 else 1
             out.append(op_part(name, layer.C, layer.C, stride, layer.hw if i < 2 else layer.hw_out, chain))
             if k % 2:
-                out.append(fusion_part(cell.combine[k // 2], layer.C, layer.hw_out))
+                out.append(fusion_part(cell.combine[k // 2], layer.C, tuple(layer.hw_out)))
     out.append(_head_part(C_last, arch.num_classes, layers[-1].hw_out))
     return out
 
@@ -468,5 +483,5 @@ class DartsSpace(SearchSpace):
                     if layer.reduction:
                         candidates.append(op_part(name, layer.C, layer.C, 2, layer.hw, set(chain)))
                     candidates.append(op_part(name, layer.C, layer.C, 1, layer.hw_out, set(chain)))
-            candidates += [fusion_part(f, layer.C, layer.hw_out) for f in self.fusions]
+            candidates += [fusion_part(f, layer.C, tuple(layer.hw_out)) for f in self.fusions]
         yield from (p for p in candidates if new(p))

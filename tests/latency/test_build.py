@@ -10,17 +10,15 @@ from nas.latency.build import build_table
 from nas.latency.validate import format_report, validate, write_report
 from space.registries import SPACES
 
+from latency_tiny import FAST, tiny_table  # tests/latency/latency_tiny.py
+
 SETTINGS = {"ops": ["skip_connect", "sep_conv_3x3", "max_pool_3x3"], "channels": 8, "cells": 3,
             "input_size": [3, 16, 16]}
-FAST = dict(rounds=5, warmup=1, chunk=8, networks=8, net_rounds=3, net_group=4, ref_repeats=5,
-            ref_seconds=0.05, max_load=1.0)
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
-    out = tmp_path_factory.mktemp("lat") / "tiny.csv"
-    build_table("darts", SETTINGS, out, "cpu", threads=1, progress=False, **FAST)
-    return out
+    return tiny_table(tmp_path_factory.mktemp("lat"), SETTINGS)
 
 
 def test_tiny_build_and_validation(tiny, tmp_path):

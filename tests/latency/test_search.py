@@ -9,8 +9,9 @@ import pytest
 
 from nas.cli import main
 from nas.latency import Predictor
-from nas.latency.build import build_table
 from space.registries import SPACES
+
+from latency_tiny import tiny_table  # tests/latency/latency_tiny.py
 
 OPS = ["skip_connect", "max_pool_3x3", "sep_conv_3x3", "dil_conv_3x3"]
 # the space a CLI run on digits builds: its classes come from the data
@@ -19,15 +20,11 @@ SETTINGS = {"ops": OPS, "fusions": ["sum"], "channels": 8, "cells": 3, "supernet
 CLI = ["--data", "digits", "--epochs", "1", "--trials", "8", "--quiet", "--batch-size", "128", "--seed", "1",
        "--ops", ",".join(OPS), "--fusions", "sum", "--space-opt", "channels=8", "--space-opt", "cells=3",
        "--space-opt", "supernet_channels=4", "--space-opt", "supernet_cells=2"]
-FAST = dict(rounds=5, warmup=1, chunk=16, networks=8, net_rounds=3, net_group=4, ref_repeats=5,
-            ref_seconds=0.05, max_load=1.0)
 
 
 @pytest.fixture(scope="module")
 def table(tmp_path_factory):
-    out = tmp_path_factory.mktemp("lat") / "cli.csv"
-    build_table("darts", SETTINGS, out, "cpu", threads=1, progress=False, **FAST)
-    return out
+    return tiny_table(tmp_path_factory.mktemp("lat"), SETTINGS, "cli.csv", chunk=16)
 
 
 def test_latency_budget_is_constraint_objective_and_recorded(table, tmp_path):
