@@ -24,6 +24,7 @@ class Registry:
         self._fns: Dict[str, Callable] = {}
         self._tags: Dict[str, frozenset] = {}
         self._meta: Dict[str, dict] = {}
+        self._aliases: Dict[str, str] = {}  # another accepted spelling -> the registered name
 
     def register(self, name: str, fn: Optional[Callable] = None, *, tags: Iterable[str] = (),
                  **meta):
@@ -41,9 +42,20 @@ class Registry:
             return f
         return deco(fn) if fn is not None else deco
 
+    def alias(self, alias: str, name: str) -> None:
+        """Accept ``alias`` wherever ``name`` is accepted (lookup, ``check``), without a second
+        entry: a space offers the registered name once, and archs store it."""
+        self.get(name)
+        if alias in self._fns or alias in self._aliases:
+            raise ValueError(f"{self.kind} {alias!r} is registered twice")
+        self._aliases[alias] = name
+
+    def canonical(self, name: str) -> str:
+        return self._aliases.get(name, name)
+
     def get(self, name: str) -> Callable:
         try:
-            return self._fns[name]
+            return self._fns[self.canonical(name)]
         except KeyError:
             raise UnknownName(self.unknown_message(name)) from None
 
@@ -56,7 +68,7 @@ class Registry:
         return self.get(name)
 
     def __contains__(self, name: object) -> bool:
-        return name in self._fns
+        return name in self._fns or name in self._aliases
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
@@ -72,21 +84,22 @@ class Registry:
 
     def tags(self, name: str) -> frozenset:
         self.get(name)
-        return self._tags[name]
+        return self._tags[self.canonical(name)]
 
     def meta(self, name: str) -> dict:
         self.get(name)
-        return self._meta[name]
+        return self._meta[self.canonical(name)]
 
     def items(self) -> List[Tuple[str, Callable]]:
         return list(self._fns.items())
 
     def check(self, names: Iterable[str]) -> List[str]:
-        """Validate user-given names, raising one UnknownName for the first bad one."""
+        """Validate user-given names, raising one UnknownName for the first bad one; aliases
+        come back as the registered names."""
         names = list(names)
         for n in names:
             self.get(n)
-        return names
+        return [self.canonical(n) for n in names]
 
     def __repr__(self) -> str:
         return f"Registry({self.kind}: {len(self)} entries)"

@@ -142,3 +142,4 @@ def genet_head(C_in: int, num_classes: int, mid_channels: int = 0, groups: int =
 
 HEADS.register("plain", ClassifierHead, tags={"mobilenetv2"})
 HEADS.register("genet", genet_head, tags={"genet"})
+HEADS.alias("genet_head", "genet")  # the name issue 4 gives it; archs store "genet"

@@ -125,3 +125,13 @@ def test_task_loss_hook_uses_member_losses_once():
     assert torch.allclose(task_loss(net, out, y), expected)
     # consumed: without a new forward the plain cross-entropy applies
     assert torch.allclose(task_loss(net, out, y), F.cross_entropy(out, y))
+
+
+def test_genet_head_is_an_alias_offered_once():
+    # issue 4 names the head `genet_head`; archs and spaces keep the registered `genet`
+    assert "genet_head" in HEADS and HEADS["genet_head"] is HEADS["genet"]
+    assert HEADS.names().count("genet") == 1 and "genet_head" not in HEADS.names()
+    assert HEADS.check(["plain", "genet_head"]) == ["plain", "genet"]
+    assert HEADS.meta("genet_head") == HEADS.meta("genet")
+    from space import SPACES
+    assert SPACES["mobile"](heads=["plain", "genet_head"]).heads == ["plain", "genet"]
