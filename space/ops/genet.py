@@ -102,7 +102,9 @@ class GENetHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = F.adaptive_avg_pool2d(self.late(self.branch(x)), 1)
         z = self.classifiers(self.dropout(h)).reshape(x.shape[0], self.groups, self.num_classes)
-        self.group_logits = z
+        # kept for the training loss only: an eval forward (scoring, testing) must leave nothing
+        # behind for a later step, where this head may be off the sampled path
+        self.group_logits = z if self.training else None
         # log of the averaged probabilities, stable for confident members
         return torch.logsumexp(F.log_softmax(z, dim=-1), dim=1) - math.log(self.groups)
 

@@ -64,7 +64,7 @@ def test_cost_of_g_members_matches_a_single_head_of_the_same_width(C_in, mid, de
 
 def test_members_are_separate_linear_classifiers_and_predictions_are_averaged():
     G, K, C = 3, 7, 12
-    head = GENetHead(C, K, mid_channels=0, groups=G).eval()
+    head = GENetHead(C, K, mid_channels=0, groups=G, dropout=0.0)  # training mode keeps member logits
     x = torch.randn(4, C, 6, 6)
     with torch.no_grad():
         out = head(x)
@@ -116,9 +116,9 @@ def test_task_loss_hook_uses_member_losses_once():
     from space.ops import task_loss
     from space.ops.genet import GENetHead
 
-    head = GENetHead(16, 5, groups=4)
+    head = GENetHead(16, 5, groups=4, dropout=0.0)  # no dropout, so two forwards agree
     x, y = torch.randn(3, 16, 4, 4), torch.randint(0, 5, (3,))
-    net = torch.nn.Sequential(head).eval()  # eval: no dropout, so two forwards agree
+    net = torch.nn.Sequential(head)
     out = net(x)
     expected = head.loss(y)
     out = net(x)
@@ -135,3 +135,15 @@ def test_genet_head_is_an_alias_offered_once():
     assert HEADS.meta("genet_head") == HEADS.meta("genet")
     from space import SPACES
     assert SPACES["mobile"](heads=["plain", "genet_head"]).heads == ["plain", "genet"]
+
+
+def test_an_eval_forward_leaves_no_member_logits_behind():
+    # scoring a candidate in eval mode, then training a step where this head is off the path,
+    # must not hand that step stale logits of another batch size
+    from space.ops import task_loss
+    head = GENetHead(16, 5, groups=4)
+    net = torch.nn.Sequential(head)
+    net.eval()(torch.randn(7, 16, 4, 4))
+    assert head.group_logits is None
+    out, y = torch.randn(3, 5), torch.randint(0, 5, (3,))
+    assert torch.allclose(task_loss(net.train(), out, y), F.cross_entropy(out, y))
