@@ -85,8 +85,14 @@ def _space(cfg: SearchConfig, ds: Dataset):
         raise RunError(f"bad --space-opt for space {cfg.space!r}: {e}") from None
 
 
+def _latency_wanted(cfg: SearchConfig, constraints) -> bool:
+    """Latency is a constraint and objective only when asked for; a shipped table found on its
+    own only reports it (the objectives, and so a seed's trials, must not depend on the machine)."""
+    return cfg.latency_lut is not None or any(c.kind == "latency" for c in constraints)
+
+
 def _latency(cfg: SearchConfig, constraints, sp):
-    wants = cfg.latency_lut is not None or any(c.kind == "latency" for c in constraints)
+    wants = _latency_wanted(cfg, constraints)
     try:
         from . import latency as lat
     except ImportError:
@@ -114,9 +120,7 @@ def _objectives(cfg: SearchConfig, constraints: List[Constraint], latency) -> Li
     obj = [Objective("val_acc", True), Objective("flops", False)]
     if any(c.kind == "params" for c in constraints):
         obj.append(Objective("params", False))
-    # a shipped table found on its own only reports latency: the objectives (and so the trials
-    # a seed gives) must not depend on which machine the run happens to be on
-    if latency is not None and (cfg.latency_lut is not None or any(c.kind == "latency" for c in constraints)):
+    if latency is not None and _latency_wanted(cfg, constraints):
         obj.append(Objective("latency_ms", False))
     return obj
 
