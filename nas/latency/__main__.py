@@ -1,4 +1,4 @@
-"""``python -m nas.latency build|validate|show``: build, check and inspect latency tables.
+"""``python -m nas.latency build|refit|validate|show``: build, refit, check and inspect latency tables.
 
 Errors (a missing, truncated or corrupted table, a foreign device, bad settings) print one line
 and exit with status 2.
@@ -74,11 +74,23 @@ def _validate(a: argparse.Namespace) -> int:
         space = SPACES[space_name](**settings)
     except (KeyError, TypeError, ValueError) as e:
         raise LatencyError(f"cannot make space {space_name!r} with settings {settings}: {e}") from None
-    df, summary = validate(p, space, a.samples, a.seed, progress=not a.quiet, max_load=a.max_load,
+    df, summary = validate(p, space, a.samples, a.seed, a.group, a.rounds, progress=not a.quiet, max_load=a.max_load,
                            max_wait=a.max_wait)
     print(format_report(df, summary))
     if a.out:
         print(f"wrote {write_report(df, summary, a.out, command=a.command_line)}")
+    return 0
+
+
+def _refit(a: argparse.Namespace) -> int:
+    from .build import refit_table
+
+    t = refit_table(a.table, a.networks, a.rounds, a.group, a.out, progress=not a.quiet)
+    m = t.meta["model"]
+    cv = m.get("cv", {}).get(m["name"], {})
+    print(f"wrote {a.out or a.table}: model {m['name']} over {len(t.meta['calibration']['networks'])} networks"
+          + (f", leave-one-out RMSPE {100 * cv['rmspe']:.1f}%, within 10% {100 * cv['within10']:.0f}%" if cv else "")
+          + f", {t.meta['refit']['seconds']:.0f} s")
     return 0
 
 
@@ -136,12 +148,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     b.add_argument("--quiet", action="store_true", help="no progress bar")
     for k, v in MEASURE_DEFAULTS.items():
         b.add_argument(f"--{k.replace('_', '-')}", dest=k, type=type(v), help=f"default {v}")
+    r = sub.add_parser("refit", help="time the table's networks again (more of them) and refit its model")
+    r.add_argument("table")
+    r.add_argument("--networks", type=int, help="networks to time (default: the table's)")
+    r.add_argument("--rounds", type=int, help="timed rounds per group (default: the table's)")
+    r.add_argument("--group", type=int, help="networks timed together (default: the table's)")
+    r.add_argument("--out", help="write here instead of over the table")
+    r.add_argument("--quiet", action="store_true")
     v = sub.add_parser("validate", help="predicted vs measured latency of random networks")
     v.add_argument("table")
     v.add_argument("--space", help="default: the table's space (with the table's settings)")
     v.add_argument("--settings", help="space settings (JSON object or file); default: the table's")
     v.add_argument("--samples", type=int, default=50)
     v.add_argument("--seed", type=int, default=1)
+    v.add_argument("--group", type=int, help="networks timed together with the reference (default: the build's)")
+    v.add_argument("--rounds", type=int, help="timed rounds per group (default: the build's, at least 40)")
     v.add_argument("--out", help="write the report: .csv (rows + .summary.json) or text")
     v.add_argument("--force", action="store_true", help="use a table measured on another device")
     v.add_argument("--max-load", type=float, help="time a group again if other processes used more of "
@@ -154,7 +175,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     a = ap.parse_args(argv)
     a.command_line = _command_line(argv)
     try:
-        return {"build": _build, "validate": _validate, "show": _show}[a.cmd](a)
+        return {"build": _build, "refit": _refit, "validate": _validate, "show": _show}[a.cmd](a)
     except LatencyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -29,8 +29,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import torch
 
-from .measure import (LatencyError, OtherLoad, device_identity, gated, in_reference_units, make_inputs,
-                      num_threads, statistic, time_interleaved)
+from .measure import (LatencyError, OtherLoad, device_identity, gated, make_inputs, num_threads, speed_ratio,
+                      statistic, time_interleaved)
 from .model import Sample, fit
 from .predict import build_reference
 from .table import Table, shapes_text
@@ -41,9 +41,11 @@ MEASURE_DEFAULTS: Dict[str, Any] = {
     "warmup": 3,  # untimed rounds first
     "min_seconds": 0.0,  # a chunk runs more rounds until this long
     "chunk": 32,  # parts built and timed together
-    "networks": 24,  # random networks timed end to end to fit the combination model
-    "net_rounds": 15,  # timed rounds over a group of networks
-    "net_group": 8,  # networks timed interleaved together
+    "networks": 48,  # random networks timed end to end to fit the combination model (24 left the
+    #                  per-kind model losing to one shared factor in leave-one-out on metaformer)
+    "net_rounds": 40,  # timed rounds over a group of networks (15 left 30-40 ms networks 17-22%
+    #                    apart between repeats on this VM; 40: 1.5% std)
+    "net_group": 12,  # networks timed interleaved together, with the reference in every round
     "references": 1,  # reference networks for drift calibration
     "fillers": 2,  # calibration times the reference among this many of the build's networks
     "ref_repeats": 20,  # rounds of a calibration
@@ -126,11 +128,10 @@ def _callable(m: torch.nn.Module, shapes: Sequence[Sequence[int]], device: str, 
 
 def _timed(calls: List[Any], refs: List[Any], device: str, threads: Optional[int], ms: Dict[str, Any],
            rounds: int, seed: int) -> Tuple[List[List[float]], List[float]]:
-    """Samples of ``calls`` in the chunk's reference units, and the reference networks' statistic."""
+    """Samples of ``calls`` (ms) and the reference networks' statistic, timed in the same rounds."""
     with num_threads(threads):
         samples = time_interleaved(calls + refs, rounds, ms["warmup"], device, seed, ms["min_seconds"])
-    scaled, ref_med = in_reference_units(samples[:len(calls)], samples[len(calls):])
-    return scaled, [statistic(s, ms["stat"]) for s in samples[len(calls):]]
+    return samples[:len(calls)], [statistic(s, ms["stat"]) for s in samples[len(calls):]]
 
 
 def _part_rows(parts: Sequence[Any], refs: List[Any], device: str, threads: Optional[int], batch: int,
@@ -281,7 +282,7 @@ def assemble(records: List[Dict[str, Any]], header: Dict[str, Any], space: Any, 
     unit = [float(np.median([c["ref"][j] for c in chunks.values()])) for j in range(n_ref)]
 
     def factor(cid: str) -> float:
-        return float(np.median([u / v for u, v in zip(unit, chunks[cid]["ref"])]))
+        return 1.0 / speed_ratio(chunks[cid]["ref"], unit)
 
     rows, extra = {}, 0
     for r in records:
@@ -294,19 +295,8 @@ def assemble(records: List[Dict[str, Any]], header: Dict[str, Any], space: Any, 
             rows[row["key"]] = row
     entries = {k: v["ms"] for k, v in rows.items()}
     kinds = {k: v["kind"] for k, v in rows.items()}
-    samples, calib = [], []
-    for r in records:
-        if "net" not in r:
-            continue
-        i = r["net"]["index"]
-        ps = space.parts(nets[i])
-        sums: Dict[str, float] = {}
-        for p in ps:
-            sums[kinds[p.key]] = sums.get(kinds[p.key], 0.0) + entries[p.key]
-        t = r["net"]["ms"] * factor(r["net"]["chunk"])
-        samples.append(Sample(sums, len(ps), t))
-        calib.append({"index": i, "ms": round(t, 5), "sum_ms": round(sum(sums.values()), 5), "parts": len(ps)})
-    model = fit(samples)
+    timed = [(r["net"]["index"], r["net"]["ms"] * factor(r["net"]["chunk"])) for r in records if "net" in r]
+    model, calib = fit_networks(space, nets, timed, entries, kinds)
     drift = [1 / factor(c) for c in chunks]
     loads = [c.get("load") for c in chunks.values() if c.get("load") is not None]
     meta = dict(header)
@@ -316,3 +306,73 @@ def assemble(records: List[Dict[str, Any]], header: Dict[str, Any], space: Any, 
                 chunks=len(chunks), drift_range=[round(min(drift), 4), round(max(drift), 4)],
                 max_chunk_load=max(loads) if loads else None)
     return Table.from_records(list(rows.values()), meta)
+
+
+def fit_networks(space: Any, nets: Sequence[Any], timed: Sequence[Tuple[int, float]], entries: Dict[str, float],
+                 kinds: Dict[str, str]) -> Tuple[Any, List[Dict[str, Any]]]:
+    """(fitted model, calibration records) from networks ``nets[i]`` timed at ``ms`` (table units)."""
+    samples, calib = [], []
+    for i, t in timed:
+        ps = space.parts(nets[i])
+        sums: Dict[str, float] = {}
+        for p in ps:
+            sums[kinds[p.key]] = sums.get(kinds[p.key], 0.0) + entries[p.key]
+        samples.append(Sample(sums, len(ps), t))
+        calib.append({"index": i, "ms": round(t, 5), "sum_ms": round(sum(sums.values()), 5), "parts": len(ps)})
+    return fit(samples), calib
+
+
+def refit_table(path: Union[str, Path], networks: Optional[int] = None, rounds: Optional[int] = None,
+                group: Optional[int] = None, out: Optional[Union[str, Path]] = None,
+                progress: bool = True) -> Table:
+    """Time the table's calibration networks again (``networks`` of them) and refit its model.
+
+    The parts' entries are kept; only the network phase runs, on the table's own device, with
+    the stored reference network timed in every group to express the times in table units.
+    More networks let the per-kind model beat the shared factor; more rounds make each
+    network's time steadier.  Writes ``out`` (default: the table itself).
+    """
+    from space import SPACES
+    from .predict import Predictor, reference_calls
+
+    p = Predictor.load(path)
+    if not p.native:  # Predictor.load already refused a foreign table unless forced
+        raise LatencyError(f"{path}: networks can only be timed on the table's own device")
+    meta = p.meta
+    ms = dict(MEASURE_DEFAULTS, **meta.get("measure", {}))
+    ms["networks"] = int(networks or ms["networks"])
+    ms["net_rounds"] = int(rounds or ms["net_rounds"])
+    ms["net_group"] = int(group or ms["net_group"])
+    settings = dict(meta.get("settings") or {})
+    settings.pop("space", None)
+    space = SPACES[meta["space"]](**settings)
+    nets = _archs(space, "calibration", ms["networks"], ms["seed"])
+    ref = meta.get("reference") or {}
+    unit = ref.get("ms") or []
+    ref_calls = reference_calls(ref.get("archs") or [], p.device_type, p.batch)
+    if not ref_calls:
+        raise LatencyError(f"{path} holds no reference network to express new timings in table units")
+    t_start, timed, loads = time.time(), [], []
+    rng = random.Random(f"refit:{ms['seed']}")
+    from tqdm.auto import tqdm
+    with tqdm(total=len(nets), desc=f"refit {meta['space']}", unit="net", disable=not progress,
+              file=sys.stderr, dynamic_ncols=True) as bar:
+        for g in range(0, len(nets), ms["net_group"]):
+            idx = list(range(g, min(g + ms["net_group"], len(nets))))
+            calls = [_callable(space.build(nets[i]), [(1, *nets[i].input_size)], p.device_type, p.batch,
+                               f"calibration network {i}") for i in idx]
+            seed = rng.randrange(1 << 30)
+            (samples, now), share, _ = gated(lambda: _timed(calls, ref_calls, p.device_type, p.threads, ms,
+                                                            ms["net_rounds"], seed), ms["max_load"], ms["max_wait"])
+            loads.append(share)
+            f = 1.0 / speed_ratio(now, unit)
+            timed += [(i, statistic(v, ms["stat"]) * f) for i, v in zip(idx, samples)]
+            bar.update(len(idx))
+    model, calib = fit_networks(space, nets, timed, p.table.entries(), p.table.kinds())
+    meta = dict(meta, measure=ms, model=model.to_dict(),
+                calibration={"seed": ms["seed"], "networks": calib},
+                refit={"date": _now(), "seconds": round(time.time() - t_start, 1),
+                       "max_group_load": max((v for v in loads if v is not None), default=None)})
+    table = Table(p.table.rows, meta)
+    table.save(Path(out) if out is not None else Path(path))
+    return table

@@ -224,25 +224,18 @@ def time_interleaved(calls: Sequence[Callable[[], Any]], rounds: int = 30, warmu
     return samples
 
 
-def in_reference_units(samples: Sequence[Sequence[float]], refs: Sequence[Sequence[float]],
-                       window: int = 3) -> Tuple[List[List[float]], List[float]]:
-    """Samples rescaled round by round to the reference networks' speed over the whole run.
+def speed_ratio(now: Sequence[float], then: Sequence[float]) -> float:
+    """How much slower the machine runs now than then: median over reference networks of
+    (time now / time then).  Both sides must be medians over many interleaved rounds.
 
-    ``samples[i][r]`` and ``refs[j][r]`` were timed in the same round r.  The machine's speed
-    switches between states (here: the same network at 49 or 66 ms, for tens of seconds at a
-    time), so a median over rounds that straddle a switch lands in either state.  Each round's
-    samples are multiplied by (reference's median over all rounds / reference's time around
-    round r: median over ``window`` rounds, which tames single-run jitter), so every sample is
-    expressed at the run's typical speed.  Returns (rescaled samples, references' medians).
+    Rescaling round by round instead (each round divided by the reference's time in it) was
+    tried and dropped: this machine's speed decorrelates within ~50 runs (~0.1 s), so a
+    reference timed a second away in the same round carries independent noise, and dividing by
+    it doubled the spread between repeats (same 8 networks, 3 repeats: 2.6% vs 1.5%).
     """
-    R = np.asarray(refs, dtype=float)
-    if R.size == 0:
-        return [list(map(float, s)) for s in samples], []
-    med = np.median(R, axis=1)
-    rel = np.median(R / med[:, None], axis=0)  # each round's speed relative to the run, all refs
-    h = window // 2
-    smooth = np.array([np.median(rel[max(0, r - h):r + h + 1]) for r in range(len(rel))])
-    return [list(np.asarray(s, dtype=float) / smooth) for s in samples], [float(v) for v in med]
+    if not now or len(now) != len(then):
+        raise LatencyError("speed ratio needs one time now for every reference time")
+    return float(np.median([a / b for a, b in zip(now, then)]))
 
 
 def _prepare(model: nn.Module, device: Union[str, torch.device]) -> nn.Module:

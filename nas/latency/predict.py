@@ -16,9 +16,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
-import numpy as np
 
-from .measure import (LatencyError, describe, device_identity, gated, in_reference_units, make_inputs,
+from .measure import (LatencyError, describe, device_identity, gated, make_inputs, speed_ratio,
                       num_threads, statistic, time_interleaved)
 from .model import LatencyModel
 from .table import Table, load as load_table, sha256_file
@@ -184,9 +183,8 @@ class Predictor:
         """Time the parts the table lacks, on the spot; returns their keys.
 
         They are timed in shuffled rounds with up to 8 parts the table has (from ``parts``
-        itself, else from the reference network's time via ``calibrate``); each round is
-        rescaled by those known parts' times in it (as a build rescales by the reference), and
-        their ratio to the table converts the new times into table units.
+        itself, else from the reference network's time via ``calibrate``), and the known parts'
+        speed ratio (now / table) converts the new times into table units.
         """
         missing = self.missing(parts)
         if not missing:
@@ -204,14 +202,14 @@ class Predictor:
         for i in range(0, len(missing), 32):
             chunk = missing[i:i + 32]
             samples = time_parts(list(chunk) + anchors, self.meta, self.device_type, self.threads, self.batch)
-            new, known = in_reference_units(samples[:len(chunk)], samples[len(chunk):])
             stat = self.meta.get("measure", {}).get("stat", "median")
+            now = [statistic(v, stat) for v in samples]
             if anchors:
-                ratio = float(np.median([k / self._raw[a.key] for k, a in zip(known, anchors)]))
+                ratio = speed_ratio(now[len(chunk):], [self._raw[a.key] for a in anchors])
             else:
                 ratio = self.calibrate()
-            for p, t in zip(chunk, new):
-                self._raw[p.key] = statistic(t, stat) / ratio
+            for p, t in zip(chunk, now):
+                self._raw[p.key] = t / ratio
                 self._kind[p.key] = p.kind
                 self._eff[p.key] = self.model.factor_of(p.kind) * self._raw[p.key]
         return [p.key for p in missing]
@@ -260,7 +258,7 @@ class Predictor:
         now, self.calibration_load, _ = gated(
             lambda: time_references(archs, self.device_type, self.threads, self.batch, ms, fillers),
             ms.get("max_load"), ms.get("max_wait", 0.0))
-        self.scale = float(np.median([a / b for a, b in zip(now, then)]))
+        self.scale = speed_ratio(now, then)
         self.calibrated = True
         _CALIBRATED[self.content_hash] = (self.scale, time.time())
         return self.scale

@@ -1,8 +1,13 @@
 """How good a table is: predicted vs measured latency of random networks of its space.
 
-The networks are timed end to end in this process (interleaved in groups, as the build times
-its networks), after ``calibrate()``; metrics follow nn-Meter (RMSE, RMSPE, share within
-+-5% / +-10%).  The plain sum of entries is reported beside the model for comparison.
+The networks are timed end to end in this process, in groups timed interleaved (shuffled
+rounds) with the table's reference network, as the build times its networks.  Each group's
+reference time converts the table's units to this moment's speed: that is the drift
+rescaling of ``Predictor.calibrate``, done with the reference timed alongside the networks, so
+the comparison measures the table and its model, not how far this VM's speed moved between a
+calibration and a measurement.  The prediction with one ``calibrate()`` at start-up (what a
+search gets) and the plain sum of entries are reported beside it.  Metrics follow nn-Meter
+(RMSE, RMSPE, share within +-5% / +-10%).
 """
 from __future__ import annotations
 
@@ -14,8 +19,7 @@ from typing import Any, Dict, Optional, Sequence, Tuple, Union
 import numpy as np
 import pandas as pd
 
-from .measure import (LatencyError, OtherLoad, gated, in_reference_units, make_inputs, num_threads, statistic,
-                      time_interleaved)
+from .measure import LatencyError, OtherLoad, gated, make_inputs, num_threads, speed_ratio, statistic, time_interleaved
 from .predict import Predictor, reference_calls
 
 
@@ -43,19 +47,19 @@ def validate(predictor: Predictor, space: Any, samples: int = 50, seed: int = 1,
              max_load: Optional[float] = None, max_wait: Optional[float] = None) -> Tuple[pd.DataFrame, Dict[str, Any]]:
     """(per-network DataFrame, summary) over ``samples`` random archs of ``space``.
 
-    ``predicted_ms`` uses the drift scale of one ``calibrate()`` at the start, as a search does.
-    Each group of networks also times the table's reference network(s) in its rounds, and
-    ``anchored_err_pct`` compares prediction and measurement both in reference units (each
-    round rescaled by the reference's time in it, as the build does): the machine's drift
-    during validation is out of that comparison, which leaves the table's own error.
-    A group timed while other processes used more than ``max_load`` of the CPU is timed again
-    after waiting for calm (at most ``max_wait`` s; defaults: the table's build settings).
+    ``predicted_ms``: the table's prediction at the speed of the reference timed in the
+    network's group; ``startup_ms``: at the speed of one ``calibrate()`` at the start.
+    ``group`` and ``rounds`` default to the build's network settings (at least the current
+    defaults).  A group timed while other processes used more than ``max_load`` of the CPU is
+    timed again after waiting for calm (at most ``max_wait`` s; defaults: the table's).
     """
+    from .build import MEASURE_DEFAULTS
+
     if not predictor.native:
         raise LatencyError("validation times networks here, but the table was measured on another device")
     ms = predictor.meta.get("measure", {})
-    group = group or ms.get("net_group", 8)
-    rounds = rounds or ms.get("net_rounds", 15)
+    group = group or MEASURE_DEFAULTS["net_group"]
+    rounds = rounds or max(ms.get("net_rounds", 0), MEASURE_DEFAULTS["net_rounds"])
     max_load = ms.get("max_load") if max_load is None else max_load
     max_wait = ms.get("max_wait", 0.0) if max_wait is None else max_wait
     loads = []
@@ -80,48 +84,44 @@ def validate(predictor: Predictor, space: Any, samples: int = 50, seed: int = 1,
                                             predictor.device_type, seed * 1000 + g)
             smp, share, _ = gated(timed, max_load, max_wait)
             loads.append(share)
-            raw = [statistic(v, stat) for v in smp[:len(chunk)]]
-            scaled, ref_now = in_reference_units(smp[:len(chunk)], smp[len(chunk):])
-            # the group's speed relative to the table's reference units
-            speed = float(np.median([a / b for a, b in zip(ref_now, ref_ms)])) if ref_now else scale
-            for a, t, sc in zip(chunk, raw, scaled):
+            now = [statistic(v, stat) for v in smp]
+            speed = speed_ratio(now[len(chunk):], ref_ms) if ref_calls else scale
+            for a, t in zip(chunk, now):
                 parts = space.parts(a)
-                pred = predictor.predict(parts)
-                units = pred / predictor.scale  # the prediction in table units
-                truth_units = statistic(sc, stat) / speed
-                naive = predictor.sum_entries(parts) * scale
-                rows.append({"arch": a.arch_hash, "parts": len(parts), "measured_ms": t, "predicted_ms": pred,
-                             "err_pct": 100 * (pred / t - 1), "anchored_ms": units * speed,
-                             "anchored_measured_ms": truth_units * speed,
-                             "anchored_err_pct": 100 * (units / truth_units - 1), "sum_ms": naive,
-                             "sum_err_pct": 100 * (naive / t - 1), "speed": speed / scale if scale else 1.0})
+                units = predictor.predict(parts) / predictor.scale  # the prediction in table units
+                naive = predictor.sum_entries(parts) * speed
+                rows.append({"arch": a.arch_hash, "parts": len(parts), "measured_ms": t,
+                             "predicted_ms": units * speed, "err_pct": 100 * (units * speed / t - 1),
+                             "startup_ms": units * scale, "startup_err_pct": 100 * (units * scale / t - 1),
+                             "sum_ms": naive, "sum_err_pct": 100 * (naive / t - 1),
+                             "speed": speed / scale if scale else 1.0})
             bar.update(len(chunk))
     load.__exit__(None, None, None)
     df = pd.DataFrame(rows)
     summary = {"other_load": load.share, "max_group_load": max((v for v in loads if v is not None), default=None),
                "calibration_load": predictor.calibration_load, "table": str(predictor.path), "table_sha256": predictor.content_hash,
-               "space": space.name, "samples": samples, "seed": seed, "scale": scale,
+               "space": space.name, "samples": samples, "seed": seed, "group": group, "rounds": rounds, "scale": scale,
                "model": predictor.model.name, **metrics(df["predicted_ms"], df["measured_ms"]),
-               "anchored": metrics(df["anchored_ms"], df["anchored_measured_ms"]),
+               "startup": metrics(df["startup_ms"], df["measured_ms"]),
                "sum": metrics(df["sum_ms"], df["measured_ms"]),
                "drift_range": [float(df["speed"].min()), float(df["speed"].max())]}
     return df, summary
 
 
 def format_report(df: pd.DataFrame, summary: Dict[str, Any]) -> str:
-    s, n, an = summary, summary["sum"], summary["anchored"]
+    s = summary
     lines = [df.to_string(index=False, float_format=lambda v: f"{v:.3f}"), "",
-             f"{'':14s}{'RMSE ms':>10s}{'RMSPE %':>10s}{'<=5% %':>9s}{'<=10% %':>9s}{'mean err %':>12s}",
-             f"{'model ' + s['model'][:8]:14s}{s['rmse_ms']:10.3f}{s['rmspe_pct']:10.2f}{s['within5_pct']:9.1f}"
-             f"{s['within10_pct']:9.1f}{s['mean_err_pct']:12.2f}",
-             f"{'anchored':14s}{an['rmse_ms']:10.3f}{an['rmspe_pct']:10.2f}{an['within5_pct']:9.1f}"
-             f"{an['within10_pct']:9.1f}{an['mean_err_pct']:12.2f}",
-             f"{'plain sum':14s}{n['rmse_ms']:10.3f}{n['rmspe_pct']:10.2f}{n['within5_pct']:9.1f}"
-             f"{n['within10_pct']:9.1f}{n['mean_err_pct']:12.2f}",
-             f"{s['samples']} networks of {s['space']}, drift scale {s['scale']:.3f} at calibration, "
-             f"{s['drift_range'][0]:.3f}-{s['drift_range'][1]:.3f} times that during validation, table {s['table']}",
-             "model: predicted with one calibrate() at the start (what a search gets); anchored: rescaled "
-             "by the reference timed with each group (the table's own error); plain sum: entries summed"]
+             f"{'':22s}{'RMSE ms':>10s}{'RMSPE %':>10s}{'<=5% %':>9s}{'<=10% %':>9s}{'mean err %':>12s}"]
+    for label, m in ((f"model {s['model'][:14]}", s), ("start-up calibration", s["startup"]),
+                     ("plain sum", s["sum"])):
+        lines.append(f"{label:22s}{m['rmse_ms']:10.3f}{m['rmspe_pct']:10.2f}{m['within5_pct']:9.1f}"
+                     f"{m['within10_pct']:9.1f}{m['mean_err_pct']:12.2f}")
+    lines += [f"{s['samples']} networks of {s['space']} in groups of {s.get('group')}, {s.get('rounds')} rounds, "
+              f"table {s['table']}",
+              f"model: the table's model at the speed of the reference timed with each group; start-up "
+              f"calibration: at the speed of one calibrate() at the start (what a search gets): drift scale "
+              f"{s['scale']:.3f}, the groups ran at {s['drift_range'][0]:.3f}-{s['drift_range'][1]:.3f} times "
+              f"that; plain sum: entries summed, at the group's speed"]
     worst = max(v or 0 for v in (s.get("max_group_load"), s.get("calibration_load")))
     if worst > LOAD_WARNING:
         lines.append(f"warning: other processes used up to {100 * worst:.0f}% of the CPU while networks were "

@@ -6,7 +6,7 @@ import torch
 
 from nas.latency import LatencyError, Predictor, find_shipped_table
 from nas.latency import build as build_mod
-from nas.latency.build import build_table
+from nas.latency.build import build_table, refit_table
 from nas.latency.validate import format_report, validate, write_report
 from space.registries import SPACES
 
@@ -36,12 +36,29 @@ def test_tiny_build_and_validation(tiny, tmp_path):
     df, summary = validate(p, space, samples=4, rounds=2, max_load=1.0)
     assert len(df) == 4 and (df["measured_ms"] > 0).all() and (df["predicted_ms"] > 0).all()
     for k in ("rmse_ms", "rmspe_pct", "within5_pct", "within10_pct"):
-        assert k in summary and k in summary["sum"]
+        assert k in summary and k in summary["sum"] and k in summary["startup"]
+    assert summary["rounds"] == 2 and df["startup_ms"].gt(0).all()
     assert "RMSPE" in format_report(df, summary)
     out = write_report(df, summary, tmp_path / "v.csv")
     assert json.loads(out.with_name("v.csv.summary.json").read_text())["samples"] == 4
     txt = write_report(df, summary, tmp_path / "v.txt", command="python -m nas.latency validate t.csv").read_text()
     assert txt.startswith("$ python -m nas.latency validate t.csv\n") and "RMSPE" in txt
+
+
+def test_refit_times_more_networks_and_keeps_the_entries(tiny, tmp_path):
+    out = tmp_path / "refit.csv"
+    before = Predictor.load(tiny)
+    t = refit_table(tiny, networks=10, rounds=2, group=5, out=out, progress=False)
+    after = Predictor.load(out)
+    assert after.table.entries() == before.table.entries()
+    nets = after.meta["calibration"]["networks"]
+    assert [n["index"] for n in nets] == list(range(10)) and all(n["ms"] > 0 for n in nets)
+    # the first networks are the build's own (same seed), their part sums unchanged
+    old = {n["index"]: n["sum_ms"] for n in before.meta["calibration"]["networks"]}
+    assert all(n["sum_ms"] == pytest.approx(old[n["index"]]) for n in nets if n["index"] in old)
+    assert t.meta["model"]["cv"]["networks"] == 10 and t.meta["measure"]["net_rounds"] == 2
+    assert t.meta["refit"]["seconds"] >= 0 and after.content_hash != before.content_hash
+    assert after.meta["reference"] == before.meta["reference"]
 
 
 def test_resume_measures_only_what_is_left(tmp_path, monkeypatch):

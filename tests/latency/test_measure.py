@@ -60,15 +60,11 @@ def test_device_identity():
         measure.device_identity("meta")
 
 
-def test_reference_units_remove_a_speed_switch():
-    state = [1.0] * 6 + [1.4] * 5  # the machine switches to a slower state after 6 rounds
-    ref = [[50.0 * s for s in state]]
-    a = [2.0 * s for s in state]
-    b = [3.0 * s * (1.1 if r == 2 else 1.0) for r, s in enumerate(state)]  # one jittery run
-    (sa, sb), med = measure.in_reference_units([a, b], ref)
-    assert med == [50.0]
-    assert sa == pytest.approx([2.0] * 11)  # at the run's typical (median) speed, every round
-    assert measure.statistic(sb) == pytest.approx(3.0)
-    # the plain median lands in whichever state holds the majority of rounds
-    assert measure.statistic(a) == pytest.approx(2.0)
-    assert measure.statistic([2.0 * s for s in [1.0] * 5 + [1.4] * 6]) == pytest.approx(2.8)
+def test_speed_ratio_is_the_median_over_references():
+    assert measure.speed_ratio([60.0], [50.0]) == pytest.approx(1.2)
+    # three references, one of them disturbed: the median ignores it
+    assert measure.speed_ratio([11.0, 22.0, 90.0], [10.0, 20.0, 30.0]) == pytest.approx(1.1)
+    with pytest.raises(LatencyError):
+        measure.speed_ratio([], [])
+    with pytest.raises(LatencyError):
+        measure.speed_ratio([1.0, 2.0], [1.0])
