@@ -85,12 +85,12 @@ def _validate(a: argparse.Namespace) -> int:
 def _refit(a: argparse.Namespace) -> int:
     from .build import refit_table
 
-    t = refit_table(a.table, a.networks, a.rounds, a.group, a.out, progress=not a.quiet)
+    t = refit_table(a.table, a.networks, a.rounds, a.group, a.out, progress=not a.quiet, fit_only=a.fit_only)
     m = t.meta["model"]
     cv = m.get("cv", {}).get(m["name"], {})
     print(f"wrote {a.out or a.table}: model {m['name']} over {len(t.meta['calibration']['networks'])} networks"
           + (f", leave-one-out RMSPE {100 * cv['rmspe']:.1f}%, within 10% {100 * cv['within10']:.0f}%" if cv else "")
-          + f", {t.meta['refit']['seconds']:.0f} s")
+          + (f", {t.meta['refit']['seconds']:.0f} s" if not a.fit_only else ", fitted on the stored times"))
     return 0
 
 
@@ -154,6 +154,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     r.add_argument("--rounds", type=int, help="timed rounds per group (default: the table's)")
     r.add_argument("--group", type=int, help="networks timed together (default: the table's)")
     r.add_argument("--out", help="write here instead of over the table")
+    r.add_argument("--fit-only", action="store_true", help="time nothing: fit the model again on the stored "
+                   "networks' times")
     r.add_argument("--quiet", action="store_true")
     v = sub.add_parser("validate", help="predicted vs measured latency of random networks")
     v.add_argument("table")

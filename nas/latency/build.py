@@ -31,7 +31,7 @@ import torch
 
 from .measure import (LatencyError, OtherLoad, device_identity, gated, make_inputs, num_threads, speed_ratio,
                       statistic, time_interleaved)
-from .model import Sample, fit
+from .model import Sample, fit, res_label
 from .predict import build_reference
 from .table import Table, shapes_text
 
@@ -315,30 +315,37 @@ def fit_networks(space: Any, nets: Sequence[Any], timed: Sequence[Tuple[int, flo
     for i, t in timed:
         ps = space.parts(nets[i])
         sums: Dict[str, float] = {}
+        res: Dict[str, float] = {}
         for p in ps:
             sums[kinds[p.key]] = sums.get(kinds[p.key], 0.0) + entries[p.key]
-        samples.append(Sample(sums, len(ps), t))
+            r = res_label(shapes_text(p.inputs))
+            res[r] = res.get(r, 0.0) + entries[p.key]
+        samples.append(Sample(sums, len(ps), t, res))
         calib.append({"index": i, "ms": round(t, 5), "sum_ms": round(sum(sums.values()), 5), "parts": len(ps)})
     return fit(samples), calib
 
 
 def refit_table(path: Union[str, Path], networks: Optional[int] = None, rounds: Optional[int] = None,
                 group: Optional[int] = None, out: Optional[Union[str, Path]] = None,
-                progress: bool = True) -> Table:
+                progress: bool = True, fit_only: bool = False) -> Table:
     """Time the table's calibration networks again (``networks`` of them) and refit its model.
 
     The parts' entries are kept; only the network phase runs, on the table's own device, with
     the stored reference network timed in every group to express the times in table units.
     More networks let the per-kind model beat the shared factor; more rounds make each
-    network's time steadier.  Writes ``out`` (default: the table itself).
+    network's time steadier.  ``fit_only`` times nothing: the model is fitted again on the
+    stored networks' times (after the fitting code changed; any device).  Writes ``out``
+    (default: the table itself).
     """
     from space import SPACES
     from .predict import Predictor, reference_calls
 
-    p = Predictor.load(path)
-    if not p.native:  # Predictor.load already refused a foreign table unless forced
+    p = Predictor.load(path, force=fit_only)
+    if not p.native and not fit_only:  # Predictor.load already refused a foreign table unless forced
         raise LatencyError(f"{path}: networks can only be timed on the table's own device")
     meta = p.meta
+    if fit_only:
+        return _fit_stored(p, path, out)
     ms = dict(MEASURE_DEFAULTS, **meta.get("measure", {}))
     ms["networks"] = int(networks or ms["networks"])
     ms["net_rounds"] = int(rounds or ms["net_rounds"])
@@ -374,5 +381,29 @@ def refit_table(path: Union[str, Path], networks: Optional[int] = None, rounds: 
                 refit={"date": _now(), "seconds": round(time.time() - t_start, 1),
                        "max_group_load": max((v for v in loads if v is not None), default=None)})
     table = Table(p.table.rows, meta)
+    table.save(Path(out) if out is not None else Path(path))
+    return table
+
+
+def _fit_stored(p: Any, path: Union[str, Path], out: Optional[Union[str, Path]]) -> Table:
+    from space import SPACES
+
+    meta = p.meta
+    ms = dict(MEASURE_DEFAULTS, **meta.get("measure", {}))
+    stored = (meta.get("calibration") or {}).get("networks") or []
+    if not stored:
+        raise LatencyError(f"{path} holds no timed networks to fit on")
+    settings = dict(meta.get("settings") or {})
+    settings.pop("space", None)
+    space = SPACES[meta["space"]](**settings)
+    nets = _archs(space, "calibration", 1 + max(n["index"] for n in stored), ms["seed"])
+    model, calib = fit_networks(space, nets, [(n["index"], n["ms"]) for n in stored], p.table.entries(),
+                                p.table.kinds())
+    for old, new in zip(stored, calib):  # the same networks must come out of the seed
+        if abs(old["sum_ms"] - new["sum_ms"]) > 1e-3 * max(1.0, old["sum_ms"]):
+            raise LatencyError(f"{path}: network {old['index']} is not the one the table timed (the space "
+                               f"changed since); time them again (refit without --fit-only)")
+    refit = dict(meta.get("refit") or {}, fitted=_now())
+    table = Table(p.table.rows, dict(meta, model=model.to_dict(), refit=refit))
     table.save(Path(out) if out is not None else Path(path))
     return table

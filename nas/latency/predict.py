@@ -20,7 +20,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 from .measure import (LatencyError, describe, device_identity, gated, make_inputs, speed_ratio,
                       num_threads, statistic, time_interleaved)
 from .model import LatencyModel
-from .table import Table, load as load_table, sha256_file
+from .table import Table, load as load_table, sha256_file, shapes_text
 
 _CALIBRATED: Dict[str, Tuple[float, float]] = {}  # content hash -> (drift scale, when), per process
 
@@ -90,7 +90,8 @@ class Predictor:
         self.calibration_load: Optional[float] = None
         self._kind = table.kinds()
         self._raw = table.entries()
-        self._eff = {k: self.model.factor_of(self._kind[k]) * v for k, v in self._raw.items()}
+        inputs = dict(zip(table.rows["key"].astype(str), table.rows["inputs"].astype(str)))
+        self._eff = {k: self.model.factor_for(self._kind[k], inputs[k]) * v for k, v in self._raw.items()}
         here = current_identity(self.meta)
         self.native = here is not None and same_device(self.meta.get("device", {}), here)
 
@@ -211,7 +212,7 @@ class Predictor:
             for p, t in zip(chunk, now):
                 self._raw[p.key] = t / ratio
                 self._kind[p.key] = p.kind
-                self._eff[p.key] = self.model.factor_of(p.kind) * self._raw[p.key]
+                self._eff[p.key] = self.model.factor_for(p.kind, shapes_text(p.inputs)) * self._raw[p.key]
         return [p.key for p in missing]
 
     def complete(self, space: Any) -> List[str]:
@@ -233,6 +234,29 @@ class Predictor:
         return added
 
     # -- drift ---------------------------------------------------------------------------------
+    def anchors(self) -> Tuple[List[Dict[str, Any]], List[float], List[Dict[str, Any]]]:
+        """(architectures, their times in table units, other fillers) that give the machine's speed.
+
+        The reference network(s), and the fillers (the build's first calibration networks, timed
+        with them anyway) whose time in table units the table holds: one network's speed
+        ratio is off the average network's by a few percent from one moment to the next
+        (mobile validation: group biases of +-4% with the reference alone), so the median over
+        three is steadier.  Fillers without a stored time stay fillers only.
+        """
+        ref = self.meta.get("reference") or {}
+        archs, then = list(ref.get("archs") or []), list(ref.get("ms") or [])
+        if len(archs) != len(then):
+            return [], [], []
+        timed = {n["index"]: n["ms"] for n in (self.meta.get("calibration") or {}).get("networks", [])}
+        others = []
+        for j, f in enumerate(ref.get("fillers") or []):
+            if j in timed:
+                archs.append(f)
+                then.append(float(timed[j]))
+            else:
+                others.append(f)
+        return archs, then, others
+
     def calibrate(self, force: bool = False, max_age: Optional[float] = None) -> float:
         """Time the reference network(s) now and rescale predictions by now / in the table.
 
@@ -246,17 +270,15 @@ class Predictor:
         if cached is not None and not force and (max_age is None or time.time() - cached[1] <= max_age):
             self.scale, self.calibrated = cached[0], True
             return self.scale
-        ref = self.meta.get("reference") or {}
-        archs, then = ref.get("archs") or [], ref.get("ms") or []
-        if not archs or len(archs) != len(then):
+        archs, then, others = self.anchors()
+        if not archs:
             raise LatencyError(f"{self.path or 'the latency table'} holds no reference measurement to calibrate with")
         if not self.native:
             raise LatencyError(f"cannot calibrate {self.path or 'the table'} here: it was measured on "
                                f"{describe(self.meta.get('device', {}))}")
         ms = self.meta.get("measure", {})
-        fillers = ref.get("fillers") or []
         now, self.calibration_load, _ = gated(
-            lambda: time_references(archs, self.device_type, self.threads, self.batch, ms, fillers),
+            lambda: time_references(archs, self.device_type, self.threads, self.batch, ms, others),
             ms.get("max_load"), ms.get("max_wait", 0.0))
         self.scale = speed_ratio(now, then)
         self.calibrated = True

@@ -1,9 +1,10 @@
 """How good a table is: predicted vs measured latency of random networks of its space.
 
 The networks are timed end to end in this process, in groups timed interleaved (shuffled
-rounds) with the table's reference network, as the build times its networks.  Each group's
-reference time converts the table's units to this moment's speed: that is the drift
-rescaling of ``Predictor.calibrate``, done with the reference timed alongside the networks, so
+rounds) with the table's anchors (``Predictor.anchors``: its reference network and fillers),
+as the build times its networks.  The anchors' times in each group convert the table's units to
+this moment's speed: that is the drift rescaling of ``Predictor.calibrate``, done with the
+anchors timed alongside the networks, so
 the comparison measures the table and its model, not how far this VM's speed moved between a
 calibration and a measurement.  The prediction with one ``calibrate()`` at start-up (what a
 search gets) and the plain sum of entries are reported beside it.  Metrics follow nn-Meter
@@ -47,7 +48,7 @@ def validate(predictor: Predictor, space: Any, samples: int = 50, seed: int = 1,
              max_load: Optional[float] = None, max_wait: Optional[float] = None) -> Tuple[pd.DataFrame, Dict[str, Any]]:
     """(per-network DataFrame, summary) over ``samples`` random archs of ``space``.
 
-    ``predicted_ms``: the table's prediction at the speed of the reference timed in the
+    ``predicted_ms``: the table's prediction at the speed of the anchors timed in the
     network's group; ``startup_ms``: at the speed of one ``calibrate()`` at the start.
     ``group`` and ``rounds`` default to the build's network settings (at least the current
     defaults).  A group timed while other processes used more than ``max_load`` of the CPU is
@@ -65,8 +66,7 @@ def validate(predictor: Predictor, space: Any, samples: int = 50, seed: int = 1,
     loads = []
     load = OtherLoad().__enter__()
     scale = predictor.calibrate() if calibrate else 1.0
-    ref = predictor.meta.get("reference") or {}
-    ref_archs, ref_ms = ref.get("archs") or [], ref.get("ms") or []
+    ref_archs, ref_ms, _ = predictor.anchors()
     stat = ms.get("stat", "median")
     rng = random.Random(f"validation:{seed}")
     archs = [space.sample(rng) for _ in range(samples)]
@@ -118,7 +118,7 @@ def format_report(df: pd.DataFrame, summary: Dict[str, Any]) -> str:
                      f"{m['within10_pct']:9.1f}{m['mean_err_pct']:12.2f}")
     lines += [f"{s['samples']} networks of {s['space']} in groups of {s.get('group')}, {s.get('rounds')} rounds, "
               f"table {s['table']}",
-              f"model: the table's model at the speed of the reference timed with each group; start-up "
+              f"model: the table's model at the speed of the anchors (reference and fillers) timed with each group; start-up "
               f"calibration: at the speed of one calibrate() at the start (what a search gets): drift scale "
               f"{s['scale']:.3f}, the groups ran at {s['drift_range'][0]:.3f}-{s['drift_range'][1]:.3f} times "
               f"that; plain sum: entries summed, at the group's speed"]

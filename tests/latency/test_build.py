@@ -45,6 +45,19 @@ def test_tiny_build_and_validation(tiny, tmp_path):
     assert txt.startswith("$ python -m nas.latency validate t.csv\n") and "RMSPE" in txt
 
 
+def test_anchors_are_the_reference_and_the_timed_fillers(tiny):
+    p = Predictor.load(tiny)
+    archs, then, others = p.anchors()
+    ref, calib = p.meta["reference"], {n["index"]: n["ms"] for n in p.meta["calibration"]["networks"]}
+    assert len(ref["fillers"]) == 2 and others == []
+    assert archs == ref["archs"] + ref["fillers"] and then == ref["ms"] + [calib[0], calib[1]]
+    assert p.calibrate(force=True) > 0
+    # a table whose fillers have no stored time calibrates on the reference alone
+    p.meta["calibration"] = {"networks": []}
+    archs, then, others = p.anchors()
+    assert archs == ref["archs"] and then == ref["ms"] and others == ref["fillers"]
+
+
 def test_refit_times_more_networks_and_keeps_the_entries(tiny, tmp_path):
     out = tmp_path / "refit.csv"
     before = Predictor.load(tiny)
@@ -59,6 +72,12 @@ def test_refit_times_more_networks_and_keeps_the_entries(tiny, tmp_path):
     assert t.meta["model"]["cv"]["networks"] == 10 and t.meta["measure"]["net_rounds"] == 2
     assert t.meta["refit"]["seconds"] >= 0 and after.content_hash != before.content_hash
     assert after.meta["reference"] == before.meta["reference"]
+    # --fit-only times nothing and refits on the stored times: same model as just fitted
+    again = refit_table(out, fit_only=True, out=tmp_path / "again.csv", progress=False)
+    assert again.meta["calibration"] == t.meta["calibration"]  # stored times are rounded to 1e-5 ms:
+    m0, m1 = t.meta["model"], again.meta["model"]
+    assert m1["name"] == m0["name"] and m1["factor"] == pytest.approx(m0["factor"], rel=1e-4)
+    assert again.meta["refit"]["fitted"]
 
 
 def test_resume_measures_only_what_is_left(tmp_path, monkeypatch):

@@ -5,7 +5,7 @@ from torch import nn
 
 from nas.latency import Predictor, device_identity
 from nas.latency import predict as predict_mod
-from nas.latency.model import LatencyModel, Sample, fit
+from nas.latency.model import LatencyModel, Sample, fit, res_label
 from nas.latency.table import Table
 from space.base import Part
 from space.registries import SPACES
@@ -100,3 +100,26 @@ def test_fit_recovers_factors():
     m = fit(same, candidates=("affine",))
     assert m.name == "affine" and m.factor == pytest.approx(1.3) and m.overhead_ms == pytest.approx(0.2, abs=1e-6)
     assert LatencyModel.from_dict(m.to_dict()) == m
+
+
+def test_fit_groups_by_resolution_when_that_explains_the_networks():
+    # two kinds spread over two resolutions; the time depends on the resolution only
+    rng = np.random.default_rng(1)
+    samples = []
+    for _ in range(30):
+        a56, a7, b56, b7 = rng.uniform(0.5, 3, 4)
+        ms = 1.3 * (a56 + b56) + 0.9 * (a7 + b7) + 0.5
+        samples.append(Sample({"conv": a56 + a7, "mlp": b56 + b7}, 30, ms, {"56x56": a56 + b56, "7x7": a7 + b7}))
+    m = fit(samples)
+    assert m.name.startswith("res(") and m.group_by == "res"
+    assert m.cv[m.name]["rmspe"] < min(v["rmspe"] for k, v in m.cv.items() if k.startswith("kind("))
+    assert m.factor_for("conv", "1x64x56x56") == pytest.approx(1.3, rel=0.05)
+    assert m.factor_for("conv", "1x64x7x7") == pytest.approx(0.9, rel=0.05)
+    assert LatencyModel.from_dict(m.to_dict()) == m
+    # without resolution sums (tables fitted before) only kinds are tried
+    assert not fit([Sample(s.kind_sums, s.n_parts, s.ms) for s in samples]).name.startswith("res")
+
+
+def test_res_label():
+    assert res_label("1x64x56x56") == "56x56"
+    assert res_label("1x64x14x14;1x128x7x7") == "14x14+"
