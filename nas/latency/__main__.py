@@ -75,6 +75,7 @@ def _validate(a: argparse.Namespace) -> int:
     except (KeyError, TypeError, ValueError) as e:
         raise LatencyError(f"cannot make space {space_name!r} with settings {settings}: {e}") from None
     df, summary = validate(p, space, a.samples, a.seed, a.group, a.rounds, progress=not a.quiet, max_load=a.max_load,
+                           anchors=a.anchors,
                            max_wait=a.max_wait)
     print(format_report(df, summary))
     if a.out:
@@ -165,6 +166,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     v.add_argument("--seed", type=int, default=1)
     v.add_argument("--group", type=int, help="networks timed together with the reference (default: the build's)")
     v.add_argument("--rounds", type=int, help="timed rounds per group (default: the build's, at least 40)")
+    v.add_argument("--anchors", type=int, default=8, help="networks of known time timed in every group to "
+                   "read the machine's speed (the reference, then the build's networks)")
     v.add_argument("--out", help="write the report: .csv (rows + .summary.json) or text")
     v.add_argument("--force", action="store_true", help="use a table measured on another device")
     v.add_argument("--max-load", type=float, help="time a group again if other processes used more of "
