@@ -86,7 +86,8 @@ def _validate(a: argparse.Namespace) -> int:
 def _refit(a: argparse.Namespace) -> int:
     from .build import refit_table
 
-    t = refit_table(a.table, a.networks, a.rounds, a.group, a.out, progress=not a.quiet, fit_only=a.fit_only)
+    t = refit_table(a.table, a.networks, a.rounds, a.group, a.out, progress=not a.quiet, fit_only=a.fit_only,
+                    anchors=a.anchors)
     m = t.meta["model"]
     cv = m.get("cv", {}).get(m["name"], {})
     print(f"wrote {a.out or a.table}: model {m['name']} over {len(t.meta['calibration']['networks'])} networks"
@@ -155,6 +156,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     r.add_argument("--rounds", type=int, help="timed rounds per group (default: the table's)")
     r.add_argument("--group", type=int, help="networks timed together (default: the table's)")
     r.add_argument("--out", help="write here instead of over the table")
+    r.add_argument("--anchors", type=int, default=1, help="networks of known time (the reference, then "
+                   "networks the table timed) read each group's speed")
     r.add_argument("--fit-only", action="store_true", help="time nothing: fit the model again on the stored "
                    "networks' times")
     r.add_argument("--quiet", action="store_true")

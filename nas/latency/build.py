@@ -327,13 +327,15 @@ def fit_networks(space: Any, nets: Sequence[Any], timed: Sequence[Tuple[int, flo
 
 def refit_table(path: Union[str, Path], networks: Optional[int] = None, rounds: Optional[int] = None,
                 group: Optional[int] = None, out: Optional[Union[str, Path]] = None,
-                progress: bool = True, fit_only: bool = False) -> Table:
+                progress: bool = True, fit_only: bool = False, anchors: int = 1) -> Table:
     """Time the table's calibration networks again (``networks`` of them) and refit its model.
 
     The parts' entries are kept; only the network phase runs, on the table's own device, with
     the stored reference network timed in every group to express the times in table units.
     More networks let the per-kind model beat the shared factor; more rounds make each
-    network's time steadier.  ``fit_only`` times nothing: the model is fitted again on the
+    network's time steadier.  ``anchors`` > 1 reads each group's speed off the reference and
+    networks the table has already timed (``validate.anchor_networks``), not the reference
+    alone.  ``fit_only`` times nothing: the model is fitted again on the
     stored networks' times (after the fitting code changed; any device).  Writes ``out``
     (default: the table itself).
     """
@@ -354,9 +356,9 @@ def refit_table(path: Union[str, Path], networks: Optional[int] = None, rounds: 
     settings.pop("space", None)
     space = SPACES[meta["space"]](**settings)
     nets = _archs(space, "calibration", ms["networks"], ms["seed"])
-    ref = meta.get("reference") or {}
-    unit = ref.get("ms") or []
-    ref_calls = reference_calls(ref.get("archs") or [], p.device_type, p.batch)
+    from .validate import anchor_networks
+    anchor_archs, unit = anchor_networks(p, space, anchors)  # the reference first, then timed networks
+    ref_calls = reference_calls(anchor_archs, p.device_type, p.batch)
     if not ref_calls:
         raise LatencyError(f"{path} holds no reference network to express new timings in table units")
     t_start, timed, loads = time.time(), [], []
@@ -378,7 +380,7 @@ def refit_table(path: Union[str, Path], networks: Optional[int] = None, rounds: 
     model, calib = fit_networks(space, nets, timed, p.table.entries(), p.table.kinds())
     meta = dict(meta, measure=ms, model=model.to_dict(),
                 calibration={"seed": ms["seed"], "networks": calib},
-                refit={"date": _now(), "seconds": round(time.time() - t_start, 1),
+                refit={"date": _now(), "seconds": round(time.time() - t_start, 1), "anchors": len(ref_calls),
                        "max_group_load": max((v for v in loads if v is not None), default=None)})
     table = Table(p.table.rows, meta)
     table.save(Path(out) if out is not None else Path(path))

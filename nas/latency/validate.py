@@ -55,6 +55,7 @@ def anchor_networks(predictor: Predictor, space: Any, count: int) -> Tuple[List[
     from .build import _archs
 
     archs, then, _ = predictor.anchors()
+    archs, then = archs[:max(1, count)], then[:max(1, count)]
     stored = {n["index"]: n for n in (predictor.meta.get("calibration") or {}).get("networks", [])}
     used = len((predictor.meta.get("reference") or {}).get("fillers") or [])
     extra = [i for i in sorted(stored) if i >= used][:max(0, count - len(archs))]

@@ -71,7 +71,10 @@ def test_refit_times_more_networks_and_keeps_the_entries(tiny, tmp_path):
     assert all(n["sum_ms"] == pytest.approx(old[n["index"]]) for n in nets if n["index"] in old)
     assert t.meta["model"]["cv"]["networks"] == 10 and t.meta["measure"]["net_rounds"] == 2
     assert t.meta["refit"]["seconds"] >= 0 and after.content_hash != before.content_hash
-    assert after.meta["reference"] == before.meta["reference"]
+    assert after.meta["reference"] == before.meta["reference"] and t.meta["refit"]["anchors"] == 1
+    anchored = refit_table(tiny, networks=8, rounds=2, group=4, out=tmp_path / "anchored.csv", progress=False,
+                           anchors=4)
+    assert anchored.meta["refit"]["anchors"] == 4 and len(anchored.meta["calibration"]["networks"]) == 8
     # --fit-only times nothing and refits on the stored times: same model as just fitted
     again = refit_table(out, fit_only=True, out=tmp_path / "again.csv", progress=False)
     assert again.meta["calibration"] == t.meta["calibration"]  # stored times are rounded to 1e-5 ms:
