@@ -325,6 +325,15 @@ def fit_networks(space: Any, nets: Sequence[Any], timed: Sequence[Tuple[int, flo
     return fit(samples), calib
 
 
+def table_space(meta: Dict[str, Any]) -> Any:
+    """The space a table was built for, with the table's settings."""
+    from space import SPACES
+
+    settings = dict(meta.get("settings") or {})
+    settings.pop("space", None)  # space.settings() names the space; the constructor does not take it
+    return SPACES[meta["space"]](**settings)
+
+
 def refit_table(path: Union[str, Path], networks: Optional[int] = None, rounds: Optional[int] = None,
                 group: Optional[int] = None, out: Optional[Union[str, Path]] = None,
                 progress: bool = True, fit_only: bool = False, anchors: int = 1) -> Table:
@@ -339,7 +348,6 @@ def refit_table(path: Union[str, Path], networks: Optional[int] = None, rounds: 
     stored networks' times (after the fitting code changed; any device).  Writes ``out``
     (default: the table itself).
     """
-    from space import SPACES
     from .predict import Predictor, reference_calls
 
     p = Predictor.load(path, force=fit_only)
@@ -352,9 +360,7 @@ def refit_table(path: Union[str, Path], networks: Optional[int] = None, rounds: 
     ms["networks"] = int(networks or ms["networks"])
     ms["net_rounds"] = int(rounds or ms["net_rounds"])
     ms["net_group"] = int(group or ms["net_group"])
-    settings = dict(meta.get("settings") or {})
-    settings.pop("space", None)
-    space = SPACES[meta["space"]](**settings)
+    space = table_space(meta)
     nets = _archs(space, "calibration", ms["networks"], ms["seed"])
     from .validate import anchor_networks
     anchor_archs, unit = anchor_networks(p, space, anchors)  # the reference first, then timed networks
@@ -388,16 +394,12 @@ def refit_table(path: Union[str, Path], networks: Optional[int] = None, rounds: 
 
 
 def _fit_stored(p: Any, path: Union[str, Path], out: Optional[Union[str, Path]]) -> Table:
-    from space import SPACES
-
     meta = p.meta
     ms = dict(MEASURE_DEFAULTS, **meta.get("measure", {}))
     stored = (meta.get("calibration") or {}).get("networks") or []
     if not stored:
         raise LatencyError(f"{path} holds no timed networks to fit on")
-    settings = dict(meta.get("settings") or {})
-    settings.pop("space", None)
-    space = SPACES[meta["space"]](**settings)
+    space = table_space(meta)
     nets = _archs(space, "calibration", 1 + max(n["index"] for n in stored), ms["seed"])
     model, calib = fit_networks(space, nets, [(n["index"], n["ms"]) for n in stored], p.table.entries(),
                                 p.table.kinds())
