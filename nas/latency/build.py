@@ -308,7 +308,7 @@ def assemble(records: List[Dict[str, Any]], header: Dict[str, Any], space: Any, 
     return Table.from_records(list(rows.values()), meta)
 
 
-def fit_networks(space: Any, nets: Sequence[Any], timed: Sequence[Tuple[int, float]], entries: Dict[str, float],
+def fit_networks(space: Any, nets: Any, timed: Sequence[Tuple[int, float]], entries: Dict[str, float],
                  kinds: Dict[str, str]) -> Tuple[Any, List[Dict[str, Any]]]:
     """(fitted model, calibration records) from networks ``nets[i]`` timed at ``ms`` (table units)."""
     samples, calib = [], []
@@ -393,20 +393,39 @@ def refit_table(path: Union[str, Path], networks: Optional[int] = None, rounds: 
     return table
 
 
+def stored_networks(space: Any, meta: Dict[str, Any], entries: Dict[str, float]) -> List[Tuple[int, Any, float]]:
+    """(index, arch, ms in table units) of the table's timed networks, regenerated from its seed.
+
+    Stops at the first network whose parts no longer sum to the stored sum: the space changed
+    since the build and samples other networks from the same seed.
+    """
+    stored = sorted((meta.get("calibration") or {}).get("networks") or [], key=lambda n: n["index"])
+    if not stored:
+        return []
+    nets = _archs(space, "calibration", 1 + stored[-1]["index"], meta.get("measure", {}).get("seed", 0))
+    out = []
+    for n in stored:
+        a = nets[n["index"]]
+        total = sum(entries.get(p.key, float("nan")) for p in space.parts(a))
+        if not abs(total - n["sum_ms"]) <= 1e-3 * max(1.0, n["sum_ms"]):
+            break
+        out.append((n["index"], a, float(n["ms"])))
+    return out
+
+
 def _fit_stored(p: Any, path: Union[str, Path], out: Optional[Union[str, Path]]) -> Table:
     meta = p.meta
-    ms = dict(MEASURE_DEFAULTS, **meta.get("measure", {}))
     stored = (meta.get("calibration") or {}).get("networks") or []
     if not stored:
         raise LatencyError(f"{path} holds no timed networks to fit on")
     space = table_space(meta)
-    nets = _archs(space, "calibration", 1 + max(n["index"] for n in stored), ms["seed"])
-    model, calib = fit_networks(space, nets, [(n["index"], n["ms"]) for n in stored], p.table.entries(),
-                                p.table.kinds())
-    for old, new in zip(stored, calib):  # the same networks must come out of the seed
-        if abs(old["sum_ms"] - new["sum_ms"]) > 1e-3 * max(1.0, old["sum_ms"]):
-            raise LatencyError(f"{path}: network {old['index']} is not the one the table timed (the space "
-                               f"changed since); time them again (refit without --fit-only)")
+    entries = p.table.entries()
+    found = stored_networks(space, meta, entries)
+    if len(found) < len(stored):
+        raise LatencyError(f"{path}: network {stored[len(found)]['index']} is not the one the table timed (the "
+                           f"space changed since); time them again (refit without --fit-only)")
+    nets = {i: a for i, a, _ in found}
+    model, calib = fit_networks(space, nets, [(i, t) for i, _, t in found], entries, p.table.kinds())
     refit = dict(meta.get("refit") or {}, fitted=_now())
     table = Table(p.table.rows, dict(meta, model=model.to_dict(), refit=refit))
     table.save(Path(out) if out is not None else Path(path))

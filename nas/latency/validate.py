@@ -52,22 +52,17 @@ def anchor_networks(predictor: Predictor, space: Any, count: int) -> Tuple[List[
     group): each network slows down its own way when the machine's state changes, and a median
     over more anchors follows the typical network more closely.
     """
-    from .build import _archs
+    from .build import stored_networks
 
     archs, then, _ = predictor.anchors()
     archs, then = archs[:max(1, count)], then[:max(1, count)]
-    stored = {n["index"]: n for n in (predictor.meta.get("calibration") or {}).get("networks", [])}
-    used = len((predictor.meta.get("reference") or {}).get("fillers") or [])
-    extra = [i for i in sorted(stored) if i >= used][:max(0, count - len(archs))]
-    if not extra:
-        return archs, then
-    nets = _archs(space, "calibration", extra[-1] + 1, predictor.meta.get("measure", {}).get("seed", 0))
-    for i in extra:
-        parts = space.parts(nets[i])
-        if abs(predictor.sum_entries(parts) - stored[i]["sum_ms"]) > 1e-3 * max(1.0, stored[i]["sum_ms"]):
-            break  # the space no longer samples the build's networks: keep the anchors found so far
-        archs.append(nets[i].to_dict())
-        then.append(float(stored[i]["ms"]))
+    used = len((predictor.meta.get("reference") or {}).get("fillers") or [])  # already among the anchors
+    for i, a, t in stored_networks(space, predictor.meta, predictor.table.entries()):
+        if len(archs) >= count:
+            break
+        if i >= used:
+            archs.append(a.to_dict())
+            then.append(t)
     return archs, then
 
 
