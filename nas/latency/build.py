@@ -362,7 +362,7 @@ def refit_table(path: Union[str, Path], networks: Optional[int] = None, rounds: 
     ms["net_group"] = int(group or ms["net_group"])
     space = table_space(meta)
     nets = _archs(space, "calibration", ms["networks"], ms["seed"])
-    from .validate import anchor_networks
+    from .validate import anchor_networks, time_anchored
     anchor_archs, unit = anchor_networks(p, space, anchors)  # the reference first, then timed networks
     ref_calls = reference_calls(anchor_archs, p.device_type, p.batch)
     if not ref_calls:
@@ -374,14 +374,10 @@ def refit_table(path: Union[str, Path], networks: Optional[int] = None, rounds: 
               file=sys.stderr, dynamic_ncols=True) as bar:
         for g in range(0, len(nets), ms["net_group"]):
             idx = list(range(g, min(g + ms["net_group"], len(nets))))
-            calls = [_callable(space.build(nets[i]), [(1, *nets[i].input_size)], p.device_type, p.batch,
-                               f"calibration network {i}") for i in idx]
-            seed = rng.randrange(1 << 30)
-            (samples, now), share, _ = gated(lambda: _timed(calls, ref_calls, p.device_type, p.threads, ms,
-                                                            ms["net_rounds"], seed), ms["max_load"], ms["max_wait"])
+            now, speeds, share = time_anchored(p, space, [nets[i] for i in idx], ref_calls, unit, ms["net_rounds"],
+                                              rng.randrange(1 << 30), ms["max_load"], ms["max_wait"])
             loads.append(share)
-            f = 1.0 / speed_ratio(now, unit)
-            timed += [(i, statistic(v, ms["stat"]) * f) for i, v in zip(idx, samples)]
+            timed += [(i, t / v) for i, t, v in zip(idx, now, speeds)]
             bar.update(len(idx))
     model, calib = fit_networks(space, nets, timed, p.table.entries(), p.table.kinds())
     meta = dict(meta, measure=ms, model=model.to_dict(),

@@ -224,9 +224,17 @@ def time_interleaved(calls: Sequence[Callable[[], Any]], rounds: int = 30, warmu
     return samples
 
 
-def speed_ratio(now: Sequence[float], then: Sequence[float]) -> float:
+def speed_ratio(now: Sequence[float], then: Sequence[float], size: Optional[float] = None,
+                width: float = 0.5) -> float:
     """How much slower the machine runs now than then: median over reference networks of
     (time now / time then).  Both sides must be medians over many interleaved rounds.
+
+    ``size`` (a network's time in the references' units) weights each reference by
+    exp(-log(then / size)^2 / (2 width^2)): the speed of a network of that size is read mostly
+    off references of similar size.  On this VM the machine's slow states slow networks of
+    different sizes differently: validating MetaFormer, 25-100 ms networks ran 13% faster or 5%
+    slower relative to 300 ms ones from one group to the next, all of a group's small networks
+    together, while a group's 300 ms networks agreed within 1%.
 
     Rescaling round by round instead (each round divided by the reference's time in it) was
     tried and dropped: this machine's speed decorrelates within ~50 runs (~0.1 s), so a
@@ -235,7 +243,15 @@ def speed_ratio(now: Sequence[float], then: Sequence[float]) -> float:
     """
     if not now or len(now) != len(then):
         raise LatencyError("speed ratio needs one time now for every reference time")
-    return float(np.median([a / b for a, b in zip(now, then)]))
+    r = np.array([a / b for a, b in zip(now, then)], dtype=float)
+    if size is None or size <= 0 or len(r) == 1:
+        return float(np.median(r))
+    w = np.exp(-np.log(np.asarray(then, dtype=float) / size) ** 2 / (2 * width ** 2)) + 1e-12
+    order = np.argsort(r)
+    r, w = r[order], w[order]
+    c = np.cumsum(w) / w.sum()  # weighted median: the midpoint between the ratios around half the weight
+    i = int(np.searchsorted(c, 0.5))
+    return float(r[i] if c[i] > 0.5 + 1e-9 or i + 1 == len(r) else (r[i] + r[i + 1]) / 2)
 
 
 def _prepare(model: nn.Module, device: Union[str, torch.device]) -> nn.Module:

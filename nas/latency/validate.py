@@ -1,9 +1,9 @@
 """How good a table is: predicted vs measured latency of random networks of its space.
 
 The networks are timed end to end in this process, in groups timed interleaved (shuffled
-rounds) with the table's anchors (``Predictor.anchors``: its reference network and fillers),
-as the build times its networks.  The anchors' times in each group convert the table's units to
-this moment's speed: that is the drift rescaling of ``Predictor.calibrate``, done with the
+rounds) with the table's anchors (``anchor_networks``: its reference network and timed
+networks), as the build times its networks.  The anchors' times in each group, those of a size
+near the network's weighing most, convert the table's units to this moment's speed: that is the drift rescaling of ``Predictor.calibrate``, done with the
 anchors timed alongside the networks, so
 the comparison measures the table and its model, not how far this VM's speed moved between a
 calibration and a measurement.  The prediction with one ``calibrate()`` at start-up (what a
@@ -20,7 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import pandas as pd
 
-from .measure import LatencyError, OtherLoad, gated, make_inputs, num_threads, speed_ratio, statistic, time_interleaved
+from .measure import LatencyError, OtherLoad, gated, num_threads, speed_ratio, statistic, time_interleaved
 from .predict import Predictor, reference_calls
 
 
@@ -37,10 +37,34 @@ def metrics(pred: Sequence[float], true: Sequence[float]) -> Dict[str, float]:
             "mean_err_pct": float(100 * np.mean(e)), "max_abs_err_pct": float(100 * np.max(np.abs(e)))}
 
 
-def _call(model: Any, shape: Tuple[int, ...], predictor: Predictor):
-    model = model.to(predictor.device_type).eval()
-    xs = make_inputs([shape], predictor.batch, predictor.device_type)
-    return lambda: model(*xs)
+def time_anchored(predictor: Predictor, space: Any, archs: Sequence[Any], anchor_calls: Sequence[Any],
+                  then: Sequence[float], rounds: int, seed: int, max_load: Optional[float] = None,
+                  max_wait: float = 0.0) -> Tuple[List[float], Optional[List[float]], Optional[float]]:
+    """(times now in ms of ``archs``' networks, each one's speed now / table units read off the
+    anchors, other processes' CPU share meanwhile).
+
+    The networks and ``anchor_calls`` (``reference_calls`` of ``anchor_networks``, whose table
+    times are ``then``) run in the same shuffled rounds, so the speed is that of those rounds,
+    read mostly off anchors of the network's predicted size (``speed_ratio`` with ``size``); a
+    time divided by its speed is in table units.  No speeds without anchors.  Timed again after
+    waiting for calm while others used more than ``max_load`` (``measure.gated``).
+    """
+    from .build import _callable
+
+    ms = predictor.meta.get("measure", {})
+    calls = [_callable(space.build(a), [(1, *a.input_size)], predictor.device_type, predictor.batch,
+                       f"network {a.arch_hash}") for a in archs]
+    sizes = [predictor.predict(space.parts(a)) / predictor.scale for a in archs]
+
+    def timed():
+        with num_threads(predictor.threads):
+            return time_interleaved(list(calls) + list(anchor_calls), rounds, ms.get("warmup", 3),
+                                    predictor.device_type, seed)
+    smp, share, _ = gated(timed, max_load, max_wait)
+    now = [statistic(v, ms.get("stat", "median")) for v in smp]
+    anchors_now = now[len(calls):]
+    speeds = [speed_ratio(anchors_now, then, size=u) for u in sizes] if anchor_calls else None
+    return now[:len(calls)], speeds, share
 
 
 def anchor_networks(predictor: Predictor, space: Any, count: int) -> Tuple[List[Dict[str, Any]], List[float]]:
@@ -91,7 +115,6 @@ def validate(predictor: Predictor, space: Any, samples: int = 50, seed: int = 1,
     load = OtherLoad().__enter__()
     scale = predictor.calibrate() if calibrate else 1.0
     ref_archs, ref_ms = anchor_networks(predictor, space, anchors)
-    stat = ms.get("stat", "median")
     rng = random.Random(f"validation:{seed}")
     archs = [space.sample(rng) for _ in range(samples)]
     rows = []
@@ -100,17 +123,10 @@ def validate(predictor: Predictor, space: Any, samples: int = 50, seed: int = 1,
     with tqdm(total=samples, desc="validate", unit="net", disable=not progress) as bar:
         for g in range(0, samples, group):
             chunk = archs[g:g + group]
-            calls = [_call(space.build(a), (1, *a.input_size), predictor) for a in chunk]
-
-            def timed():
-                with num_threads(predictor.threads):
-                    return time_interleaved(calls + ref_calls, rounds, ms.get("warmup", 3),
-                                            predictor.device_type, seed * 1000 + g)
-            smp, share, _ = gated(timed, max_load, max_wait)
+            now, speeds, share = time_anchored(predictor, space, chunk, ref_calls, ref_ms, rounds, seed * 1000 + g,
+                                              max_load, max_wait)
             loads.append(share)
-            now = [statistic(v, stat) for v in smp]
-            speed = speed_ratio(now[len(chunk):], ref_ms) if ref_calls else scale
-            for a, t in zip(chunk, now):
+            for a, t, speed in zip(chunk, now, speeds or [scale] * len(chunk)):
                 parts = space.parts(a)
                 units = predictor.predict(parts) / predictor.scale  # the prediction in table units
                 naive = predictor.sum_entries(parts) * speed

@@ -68,3 +68,15 @@ def test_speed_ratio_is_the_median_over_references():
         measure.speed_ratio([], [])
     with pytest.raises(LatencyError):
         measure.speed_ratio([1.0, 2.0], [1.0])
+
+
+def test_speed_ratio_for_a_size_reads_references_of_that_size():
+    # two small references ran 1.0x, three large ones 1.3x: the plain median says 1.3
+    then, now = [30.0, 40.0, 300.0, 320.0, 340.0], [30.0, 40.0, 390.0, 416.0, 442.0]
+    assert measure.speed_ratio(now, then) == pytest.approx(1.3)
+    assert measure.speed_ratio(now, then, size=35.0) == pytest.approx(1.0)
+    assert measure.speed_ratio(now, then, size=310.0) == pytest.approx(1.3)
+    # halfway in log size the weights are even: the median of the five
+    assert measure.speed_ratio(now, then, size=105.0) == pytest.approx(1.3)
+    # references of one size: the size changes nothing
+    assert measure.speed_ratio([11.0, 22.0, 90.0], [10.0, 20.0, 30.0], size=20.0) == pytest.approx(1.1)
