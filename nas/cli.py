@@ -78,6 +78,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "nni: strategy=tpe mutation_prob=0.1 (repeatable)")
     p.add_argument("--trials", type=int, default=64, help="candidates to propose (default 64); over-budget ones "
                    "are rejected in milliseconds, before any training or evaluation")
+    p.add_argument("--estimator", default="supernet",
+                   help="what ranks candidates: supernet (default, SPOS), train (stand-alone, successive halving), "
+                        "zc:synflow, zc:naswot, zc:grad_norm, zc:snip, zc:zen, zc:zico, zc:meco, zc:params, zc:flops "
+                        "(see --list and the README's ranking results)")
+    p.add_argument("--estimator-opt", type=_kv, action="append", default=[], metavar="KEY=VALUE",
+                   help="estimator settings, e.g. supernet: sampling=fair; train: min_epochs=1 max_epochs=3 eta=3")
+    p.add_argument("--rank-check", type=int, default=0, metavar="K",
+                   help="after the search, train the top-K and K random candidates stand-alone briefly and "
+                        "report the estimator's Kendall tau on this data (default off)")
+    p.add_argument("--rank-check-epochs", type=int, default=1, help="epochs per rank-check training (default 1)")
     p.add_argument("--epochs", type=int, default=6, help="supernet training epochs (default 6)")
     p.add_argument("--data", default=None,
                    help="CIFAR-10 batches folder (downloaded if missing), 'cifar10' (cache folder), an .npz with "
@@ -114,6 +124,9 @@ def _list() -> None:
     for reg in (space.OPS, space.FUSIONS, space.ATTENTIONS, space.TOKEN_MIXERS, space.CHANNEL_MIXERS, space.DW_CONVS):
         print(f"{reg.kind + 's:':<17}", ", ".join(reg.names()))
     print("presets: ", ", ".join(n for s in space.SPACES.names() for n in space.SPACES[s].presets))
+    from .estimators import ESTIMATORS
+
+    print("estimators:", ", ".join(ESTIMATORS.names()))
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -133,6 +146,8 @@ def main(argv: Optional[List[str]] = None) -> int:
                        space_options=dict(args.space_opt), driver=args.driver, sampler=args.sampler,
                        driver_options=dict(args.driver_opt),
                        population=args.population, trials=args.trials, epochs=args.epochs,
+                       estimator=args.estimator, estimator_options=dict(args.estimator_opt),
+                       rank_check=args.rank_check, rank_check_epochs=args.rank_check_epochs,
                        batch_size=args.batch_size, lr=args.lr, data=args.data, out=args.out, seed=args.seed,
                        storage=args.storage, latency_lut=args.latency_lut, force_lut=args.force_lut,
                        threads=args.threads, device=args.device, resume=args.resume, progress=not args.quiet)
@@ -163,14 +178,23 @@ def _report(s: Dict[str, Any]) -> None:
     if b:
         lat = f", {b['latency_ms']:.2f} ms" if b.get("latency_ms") is not None else ""
         test = f", test {b['test_acc_inherited']:.3f}" if b.get("test_acc_inherited") is not None else ""
-        print(f"best within budget: trial {b['trial']}: val {b['val_acc']:.3f}{test} (inherited supernet weights), "
+        what = (f"val {b['val_acc']:.3f}{test} (inherited supernet weights)" if b["estimator"] == "supernet" else
+                f"val {b['val_acc']:.3f}" if b.get("val_acc") is not None else f"{b['estimator']} score {b['score']:.4g}")
+        print(f"best within budget: trial {b['trial']}: {what}, "
               f"{human(b['flops'])}FLOPs (multiply-adds), {human(b['params'])} params{lat}")
     else:
         print("no architecture within budget was found: raise --budget or --trials")
+    from .rank.check import check_line
+
+    print(f"ranking: {s['trust']}")
+    if s.get("rank_check") is not None or s["phases"].get("rank_check_s") is not None:
+        print(check_line(s.get("rank_check")))
     for w in s.get("warnings", []):
         print(f"note: {w}")
     ph = s["phases"]
-    print(f"time: supernet {ph['supernet_training_s']:.0f}s, search {ph['search_s']:.0f}s, export {ph['export_s']:.0f}s")
+    extra = f", rank check {ph['rank_check_s']:.0f}s" if "rank_check_s" in ph else ""
+    print(f"time: estimator {ph['estimator_prepare_s']:.0f}s, search {ph['search_s']:.0f}s, "
+          f"export {ph['export_s']:.0f}s{extra}")
     print(f"results: {s['folder']}")
 
 

@@ -15,6 +15,7 @@ fly with a seeded generator, so the same seed gives the same batches.
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import pickle
@@ -246,6 +247,11 @@ class Batches:
     seed: int = 0
     limit: Optional[int] = None  # at most this many batches per pass
     _epoch: int = field(default=0, init=False)
+
+    def fresh(self, seed: int = 0) -> "Batches":
+        """The same batches from their first epoch, shuffled and augmented for ``seed``: every
+        training takes its own, so a result never depends on what iterated the batches before."""
+        return dataclasses.replace(self, seed=self.seed + 7919 * seed)
 
     def __len__(self) -> int:
         n = (len(self.y) + self.batch_size - 1) // self.batch_size

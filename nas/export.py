@@ -17,19 +17,19 @@ def front_records(records: Sequence[TrialRecord], objectives: Sequence[Objective
     """Feasible, evaluated, distinct architectures on the front of the run's objectives."""
     seen, uniq = set(), []
     for r in records:
-        if r.feasible and r.val_acc is not None and r.arch_hash not in seen:
+        if r.feasible and r.score is not None and r.arch_hash not in seen:
             seen.add(r.arch_hash)
             uniq.append(r)
     if not uniq:
         return []
     vals = np.array([[r.metric(o.name) for o in objectives] for r in uniq], dtype=float)
     idx = pareto_front(vals, [o.maximize for o in objectives])
-    return sorted((uniq[i] for i in idx), key=lambda r: (r.flops, -r.val_acc))
+    return sorted((uniq[i] for i in idx), key=lambda r: (r.flops, -r.score))
 
 
 def best_record(records: Sequence[TrialRecord]) -> Optional[TrialRecord]:
-    ok = [r for r in records if r.feasible and r.val_acc is not None]
-    return max(ok, key=lambda r: (r.val_acc, -r.flops, -r.number)) if ok else None
+    ok = [r for r in records if r.feasible and r.score is not None]
+    return max(ok, key=lambda r: (r.score, -r.flops, -r.number)) if ok else None
 
 
 def export(folder: Path, records: Sequence[TrialRecord], objectives: Sequence[Objective],
@@ -43,16 +43,18 @@ def export(folder: Path, records: Sequence[TrialRecord], objectives: Sequence[Ob
         path = archs / f"{r.number}.json"
         path.write_text(r.arch.to_json() + "\n")
         if test_accuracy is not None:
-            tests[r.arch_hash] = float(test_accuracy(r.arch))
+            tests[r.arch_hash] = test_accuracy(r.arch)
         rows.append({**r.to_row(), "test_acc_inherited": tests.get(r.arch_hash), "arch_file": f"archs/{r.number}.json"})
-    cols = ["trial", "arch_hash", "params", "flops", "latency_ms", "val_acc", "test_acc_inherited", "arch_file"]
+    cols = ["trial", "arch_hash", "params", "flops", "latency_ms", "score", "estimator", "val_acc", "test_acc_inherited",
+            "arch_file"]
     pd.DataFrame(rows, columns=cols).to_csv(folder / "pareto.csv", index=False)
     best = best_record(records)
     if best is not None:
         if test_accuracy is not None and best.arch_hash not in tests:
-            tests[best.arch_hash] = float(test_accuracy(best.arch))
+            tests[best.arch_hash] = test_accuracy(best.arch)
         write_json(folder / "best.json", {
-            "trial": best.number, "arch_hash": best.arch_hash, "val_acc": best.val_acc,
+            "trial": best.number, "arch_hash": best.arch_hash, "score": best.score, "estimator": best.estimator,
+            "val_acc": best.val_acc,
             "test_acc_inherited": tests.get(best.arch_hash), "flops": best.flops, "params": best.n_params,
             "latency_ms": best.latency_ms, "arch": best.arch.to_dict()})
     elif (folder / "best.json").exists():

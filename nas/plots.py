@@ -27,22 +27,22 @@ def plot_pareto(trials: pd.DataFrame, front: pd.DataFrame, constraints: Sequence
     limits = {"flops": "flops", "latency_ms": "latency", "params": "params"}
     for ax, key in zip(axs[0], axes_keys):
         label, _ = AXES[key]
-        ax.scatter(done[key], done.val_acc, s=14, c="0.65", label=f"within budget ({len(done)})", zorder=2)
+        ax.scatter(done[key], done.score, s=14, c="0.65", label=f"within budget ({len(done)})", zorder=2)
         if len(over):
-            y0 = done.val_acc.min() if len(done) else 0.0
+            y0 = done.score.min() if len(done) else 0.0
             ax.scatter(over[key], [y0] * len(over), marker="|", s=60, c="tab:red", alpha=0.5,
                        label=f"rejected over budget ({len(over)}), never trained", zorder=1)
         if len(front):
             f = front.sort_values(key)
             # a front chosen on other axes too (FLOPs, params) is no staircase here: no line then
-            line = "-o" if f.val_acc.is_monotonic_increasing else "o"
+            line = "-o" if f.score.is_monotonic_increasing else "o"
             what = "Pareto front" if line == "-o" else "Pareto-optimal over all objectives"
-            ax.plot(f[key], f.val_acc, line, c="tab:blue", ms=6, lw=1.5, label=f"{what} ({len(front)})", zorder=3)
+            ax.plot(f[key], f.score, line, c="tab:blue", ms=6, lw=1.5, label=f"{what} ({len(front)})", zorder=3)
         if baselines is not None and len(baselines):
             for _, b in baselines.iterrows():
-                if pd.notna(b.get(key)) and pd.notna(b.get("val_acc")):
-                    ax.scatter([b[key]], [b.val_acc], marker="*", s=140, c="tab:orange", zorder=4, edgecolors="k")
-                    ax.annotate(b["name"], (b[key], b.val_acc), textcoords="offset points", xytext=(5, 5), fontsize=8)
+                if pd.notna(b.get(key)) and pd.notna(b.get("score")):
+                    ax.scatter([b[key]], [b.score], marker="*", s=140, c="tab:orange", zorder=4, edgecolors="k")
+                    ax.annotate(b["name"], (b[key], b.score), textcoords="offset points", xytext=(5, 5), fontsize=8)
         for c in constraints:
             if limits.get(key) == c.kind:
                 txt = f"budget {human(c.limit)}" if c.kind != "latency" else f"budget {c.limit:g} ms"

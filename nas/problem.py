@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import math
 import time
-import traceback
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
@@ -17,12 +16,9 @@ from space.arch import ArchBase, ArchError
 
 from .budget import Constraint
 
-STATES = ("complete", "over_budget", "failed")
-
-
 @dataclass(frozen=True)
 class Objective:
-    name: str  # a TrialRecord metric: val_acc, flops, params, latency_ms
+    name: str  # a TrialRecord metric: score, flops, params, latency_ms
     maximize: bool
 
 
@@ -37,7 +33,9 @@ class TrialRecord:
     flops: Optional[int] = None
     n_params: Optional[int] = None
     latency_ms: Optional[float] = None
-    val_acc: Optional[float] = None
+    score: Optional[float] = None  # the estimator's; higher ranks better
+    val_acc: Optional[float] = None  # the score, where the estimator's score is a validation accuracy
+    estimator: str = ""
     violations: Dict[str, float] = field(default_factory=dict)
     message: str = ""
 
@@ -46,7 +44,7 @@ class TrialRecord:
         return self.state == "complete"
 
     def metric(self, name: str) -> Optional[float]:
-        return {"val_acc": self.val_acc, "flops": self.flops, "params": self.n_params,
+        return {"score": self.score, "flops": self.flops, "params": self.n_params,
                 "latency_ms": self.latency_ms}[name]
 
     def values(self, objectives: Sequence[Objective]) -> List[float]:
@@ -60,8 +58,8 @@ class TrialRecord:
 
     def to_row(self) -> Dict[str, Any]:
         return {"trial": self.number, "arch_hash": self.arch_hash, "params": self.n_params,
-                "flops": self.flops, "latency_ms": self.latency_ms, "val_acc": self.val_acc,
-                "state": self.state, "seconds": round(self.seconds, 3), "message": self.message}
+                "flops": self.flops, "latency_ms": self.latency_ms, "score": self.score, "estimator": self.estimator,
+                "val_acc": self.val_acc, "state": self.state, "seconds": round(self.seconds, 3), "message": self.message}
 
     def to_json(self) -> Dict[str, Any]:
         d = self.to_row()
@@ -75,21 +73,23 @@ class TrialRecord:
         return cls(number=d["trial"], params=d.get("choices", {}), state=d["state"], seconds=d["seconds"],
                    arch=arch, arch_hash=d.get("arch_hash", ""), flops=d.get("flops"), n_params=d.get("params"),
                    latency_ms=d.get("latency_ms"), val_acc=d.get("val_acc"),
+                   score=d.get("score", d.get("val_acc")), estimator=d.get("estimator", ""),
                    violations=d.get("violations", {}), message=d.get("message", ""))
 
 
 class Problem:
     def __init__(self, space: SearchSpace, constraints: Sequence[Constraint],
                  costs: Callable[[ArchBase], Dict[str, float]], score: Callable[[ArchBase], float],
-                 objectives: Sequence[Objective]):
+                 objectives: Sequence[Objective], estimator: str = "", score_is_accuracy: bool = True):
         self.space, self.constraints, self.costs, self.score = space, tuple(constraints), costs, score
+        self.estimator, self.score_is_accuracy = estimator, score_is_accuracy
         self.objectives = list(objectives)
         self.choices = space.choices()
         self._scores: Dict[str, float] = {}
 
     def evaluate(self, params: Dict[str, Any], number: int) -> TrialRecord:
         t0 = time.perf_counter()
-        rec = TrialRecord(number=number, params=dict(params), state="failed", seconds=0.0)
+        rec = TrialRecord(number=number, params=dict(params), state="failed", seconds=0.0, estimator=self.estimator)
         try:
             arch = self.space.decode(params)
             rec.arch, rec.arch_hash = arch, arch.arch_hash
@@ -102,11 +102,11 @@ class Problem:
             else:
                 if rec.arch_hash not in self._scores:
                     self._scores[rec.arch_hash] = float(self.score(arch))
-                rec.val_acc = self._scores[rec.arch_hash]
+                rec.score = self._scores[rec.arch_hash]
+                rec.val_acc = rec.score if self.score_is_accuracy else None
                 rec.state = "complete"
         except (ArchError, KeyError, ValueError, RuntimeError) as e:
             rec.message = f"{type(e).__name__}: {e}".splitlines()[0][:300]
             rec.violations = rec.violations or {k.kind: 0.0 for k in self.constraints}
-            self.last_traceback = traceback.format_exc()
         rec.seconds = time.perf_counter() - t0
         return rec

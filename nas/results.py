@@ -15,7 +15,8 @@ from typing import Any, Dict, List
 
 from .problem import TrialRecord
 
-TRIAL_COLUMNS = ["trial", "arch_hash", "params", "flops", "latency_ms", "val_acc", "state", "seconds", "message"]
+TRIAL_COLUMNS = ["trial", "arch_hash", "params", "flops", "latency_ms", "score", "estimator", "val_acc", "state",
+                 "seconds", "message"]
 
 
 def versions() -> Dict[str, str]:

@@ -21,12 +21,13 @@ from . import drivers
 from .budget import Constraint, parse_budget, slug
 from .costs import CostModel
 from .data import Dataset, Splits, load_dataset
-from .estimators import SupernetEstimator
+from . import estimators
 from .export import best_record, export
 from .flops import CONVENTION
 from .plots import plot_pareto
 from .problem import Objective, Problem, TrialRecord
-from .results import TrialLog, default_run_dir, device_info, versions, write_json
+from .rank.check import DIGITS_NOTE, benchmarked, rank_check, trust_line
+from .results import TRIAL_COLUMNS, TrialLog, default_run_dir, device_info, versions, write_json
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,10 @@ class SearchConfig:
     driver_options: Dict[str, Any] = field(default_factory=dict)  # e.g. ray: address, concurrency
     population: Optional[int] = None  # NSGA-II population; None = trials/4 within 8..50, so short runs evolve
     trials: int = 64  # candidates proposed; rejected ones cost milliseconds, scored ones ~a second
+    estimator: str = "supernet"  # ranks candidates (nas.estimators); chosen by bench/ranking.py, see README
+    estimator_options: Dict[str, Any] = field(default_factory=dict)  # e.g. supernet: sampling=fair
+    rank_check: int = 0  # train the top-K and K random candidates stand-alone and report the estimator's tau
+    rank_check_epochs: int = 1  # epochs of each rank-check training (reduced copy, as the ground truth)
     epochs: int = 6  # supernet epochs: a usable ranking within minutes on a 2-core CPU
     batch_size: int = 64  # supernet training batch
     lr: float = 0.05  # SGD with Nesterov momentum, cosine schedule (SPOS-like)
@@ -117,7 +122,7 @@ def _latency(cfg: SearchConfig, constraints, sp):
 
 
 def _objectives(cfg: SearchConfig, constraints: List[Constraint], latency) -> List[Objective]:
-    obj = [Objective("val_acc", True), Objective("flops", False)]
+    obj = [Objective("score", True), Objective("flops", False)]
     if any(c.kind == "params" for c in constraints):
         obj.append(Objective("params", False))
     if latency is not None and _latency_wanted(cfg, constraints):
@@ -149,8 +154,12 @@ def run(cfg: SearchConfig) -> Dict[str, Any]:
         constraints = list(parse_budget(cfg.budget))
     except ValueError as e:
         raise RunError(str(e)) from None
-    if cfg.trials < 1 or cfg.epochs < 0:
-        raise RunError("--trials must be >= 1 and --epochs >= 0")
+    if cfg.trials < 1 or cfg.epochs < 0 or cfg.rank_check < 0 or cfg.rank_check_epochs < 1:
+        raise RunError("--trials must be >= 1, --epochs >= 0, --rank-check >= 0 and --rank-check-epochs >= 1")
+    try:
+        estimators.check_options(cfg.estimator, cfg.estimator_options)
+    except (UnknownName, ValueError) as e:
+        raise RunError(str(e)) from None
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -211,17 +220,22 @@ def run(cfg: SearchConfig) -> Dict[str, Any]:
     phases: Dict[str, float] = {}
     t0 = time.time()
     splits = Splits.make(ds, cfg.batch_size, cfg.val_fraction, cfg.seed, cfg.calib_batches)
-    est = SupernetEstimator(sp, splits, ds.num_classes, ds.input_size, cfg.epochs, cfg.lr, cfg.weight_decay,
-                            cfg.seed, checkpoint=folder / "supernet.pt", progress=cfg.progress, device=device)
+    ctx = estimators.Context(sp, splits, ds.num_classes, ds.input_size, seed=cfg.seed, device=device,
+                             progress=cfg.progress, folder=folder, epochs=cfg.epochs, lr=cfg.lr,
+                             weight_decay=cfg.weight_decay)
+    est = estimators.make(cfg.estimator, ctx, **cfg.estimator_options)
+    trust = benchmarked(sp.name, cfg.estimator, cfg.estimator_options)
+    say(f"estimator: {cfg.estimator}; {trust_line(trust, cfg.estimator, sp.name)}")
     est.prepare()
-    phases["supernet_training_s"] = time.time() - t0
+    phases["estimator_prepare_s"] = time.time() - t0
 
     costs = CostModel(latency)
-    problem = Problem(sp, constraints, costs, est.score, objectives)
+    problem = Problem(sp, constraints, costs, est.score, objectives, estimator=cfg.estimator,
+                      score_is_accuracy=est.is_accuracy)
     tlog = TrialLog(folder)
     records: List[TrialRecord] = tlog.load() if cfg.resume else []
     if cfg.resume:
-        problem._scores.update({r.arch_hash: r.val_acc for r in records if r.val_acc is not None})
+        problem._scores.update({r.arch_hash: r.score for r in records if r.score is not None})
     interrupted = False
     t0 = time.time()
     with tqdm(total=cfg.trials, initial=len(records), desc="search", unit="trial", disable=not cfg.progress,
@@ -234,7 +248,7 @@ def run(cfg: SearchConfig) -> Dict[str, Any]:
             b = best_record(records)
             bar.update(1)
             bar.set_postfix(within_budget=sum(r.feasible for r in records),
-                            best_acc=f"{b.val_acc:.3f}" if b else "-")
+                            best_score=f"{b.score:.3g}" if b else "-")
 
         try:
             driver.run(problem, cfg.trials, cfg.seed, on_trial, start=len(records))
@@ -246,14 +260,22 @@ def run(cfg: SearchConfig) -> Dict[str, Any]:
     t0 = time.time()
     summary = finalize(folder, records, objectives, constraints, sp, est, costs, ds)
     phases["export_s"] = time.time() - t0
+    check = None
+    if cfg.rank_check and not interrupted:
+        t0 = time.time()
+        check = rank_check(records, cfg.rank_check, splits, ds, cfg.seed, cfg.rank_check_epochs, folder,
+                           progress=cfg.progress)
+        phases["rank_check_s"] = time.time() - t0
+    desc = est.describe()
     summary.update(phases=phases, interrupted=interrupted, seconds=time.time() - t_start,
-                   counted_parts=costs.counter.traced, supernet=est.history,
-                   warnings=_quality_warnings(est.history, records, ds.num_classes))
+                   counted_parts=costs.counter.traced, estimator=desc, ranking_benchmark=trust,
+                   trust=trust_line(trust, cfg.estimator, sp.name), rank_check=check,
+                   warnings=_quality_warnings(desc.get("history"), records, ds.num_classes, ds.name))
     write_json(folder / "summary.json", {k: v for k, v in summary.items() if k not in ("front", "best")})
     return summary
 
 
-def _quality_warnings(history, records: List[TrialRecord], num_classes: int) -> List[str]:
+def _quality_warnings(history, records: List[TrialRecord], num_classes: int, data: str = "") -> List[str]:
     """Say so when the supernet's ranking is close to noise, rather than let a user trust it."""
     out = []
     chance = 1.0 / max(num_classes, 1)
@@ -261,9 +283,12 @@ def _quality_warnings(history, records: List[TrialRecord], num_classes: int) -> 
         out.append(f"the supernet reached only {history[-1]['train_acc']:.0%} training accuracy (chance "
                    f"{chance:.0%}): its ranking of candidates is close to noise; raise --epochs (each candidate op "
                    f"of an edge is trained only when sampled, so more ops need more epochs) or use --device cuda")
-    accs = {r.val_acc for r in records if r.val_acc is not None}
-    if len(accs) == 1 and sum(r.val_acc is not None for r in records) > 1:
-        out.append("every scored candidate got the same validation accuracy: the supernet predicts one class")
+    accs = {r.score for r in records if r.score is not None}
+    if len(accs) == 1 and sum(r.score is not None for r in records) > 1:
+        out.append("every scored candidate got the same score: the estimator cannot tell them apart "
+                   "(a supernet that predicts one class does this)")
+    if data == "digits":
+        out.append(DIGITS_NOTE)
     return out
 
 
@@ -278,10 +303,10 @@ def _baselines(sp, est, costs: CostModel) -> pd.DataFrame:
             arch = sp.decode(params)
             c = costs(arch)
             rows.append({"name": name, "flops": c["flops"], "params": c["params"],
-                         "latency_ms": c.get("latency_ms"), "val_acc": est.score(arch)})
+                         "latency_ms": c.get("latency_ms"), "score": est.score(arch)})
         except (KeyError, ValueError, NotImplementedError):
             continue
-    return pd.DataFrame(rows, columns=["name", "flops", "params", "latency_ms", "val_acc"])
+    return pd.DataFrame(rows, columns=["name", "flops", "params", "latency_ms", "score"])
 
 
 def finalize(folder: Path, records: List[TrialRecord], objectives, constraints, sp, est, costs: CostModel,
@@ -290,18 +315,20 @@ def finalize(folder: Path, records: List[TrialRecord], objectives, constraints, 
     base = _baselines(sp, est, costs)
     base.to_csv(folder / "baselines.csv", index=False)
     trials = pd.DataFrame([r.to_row() for r in records],
-                          columns=["trial", "arch_hash", "params", "flops", "latency_ms", "val_acc", "state",
-                                   "seconds", "message"])
+                          columns=TRIAL_COLUMNS)
     front = pd.DataFrame([r.to_row() for r in res["front"]], columns=trials.columns)
+    what = f"{est.name} accuracy" if est.is_accuracy else f"{est.name} score"
     title = (f"{sp.name} space, budget {', '.join(c.text for c in constraints)} "
-             f"(1 FLOP = 1 multiply-add, fvcore) | accuracy: supernet on {ds.name} validation split")
-    plot_pareto(trials, front, constraints, folder / "pareto.png", title, baselines=base)
+             f"(1 FLOP = 1 multiply-add, fvcore) | {what} on {ds.name} validation split")
+    plot_pareto(trials, front, constraints, folder / "pareto.png", title, baselines=base,
+                accuracy_label=("validation accuracy" if est.is_accuracy else f"score ({est.name}, higher ranks better)"))
     best = res["best"]
     return {"trials": len(records), "within_budget": sum(r.feasible for r in records),
             "over_budget": sum(r.state == "over_budget" for r in records),
             "failed": sum(r.state == "failed" for r in records),
             "front": res["front"], "best": best,
             "best_summary": None if best is None else {
-                "trial": best.number, "val_acc": best.val_acc, "test_acc_inherited": res["tests"].get(best.arch_hash),
+                "trial": best.number, "score": best.score, "val_acc": best.val_acc, "estimator": best.estimator,
+                "test_acc_inherited": res["tests"].get(best.arch_hash),
                 "flops": best.flops, "params": best.n_params, "latency_ms": best.latency_ms},
             "folder": str(folder)}

@@ -20,46 +20,79 @@ from space.ops import aux_loss, deploy, set_progress, task_loss
 from .cli import OneLineParser
 from .data import DataError, Splits, load_dataset
 from .flops import count, params
-from .supernet import accuracy
+from .supernet import FAST_FORMAT, accuracy
+
+
+class Trainer:
+    """Stand-alone training of one architecture that can stop and go on: ``run(epochs)`` trains
+    that many more epochs along one cosine schedule over ``total_epochs``, so successive halving
+    can score a candidate after a few epochs and continue only the survivors, each ending exactly
+    where an uninterrupted run of ``total_epochs`` would."""
+
+    def __init__(self, arch, train_batches, total_epochs: int, lr: float = 0.05, weight_decay: float = 3e-4,
+                 drop_path: float = 0.0, seed: int = 0, device: str = "cpu", channels_last: bool = True):
+        torch.manual_seed(seed)
+        self.device, self.batches, self.drop_path = device, train_batches.fresh(seed), drop_path
+        self.memory_format = FAST_FORMAT if channels_last else torch.contiguous_format  # see nas.supernet
+        self.net = space.build(arch, deploy=False).to(device, memory_format=self.memory_format)
+        self.opt = torch.optim.SGD(self.net.parameters(), lr=lr, momentum=0.9, nesterov=True,
+                                   weight_decay=weight_decay)
+        self.total_epochs = max(1, total_epochs)
+        total = self.total_epochs * len(train_batches)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            self.opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+        self.epochs_done, self.step, self.history = 0, 0, []
+        self._total_steps = total
+
+    def run(self, epochs: int, progress: bool = False, val=None) -> None:
+        net = self.net
+        with tqdm(total=epochs * len(self.batches), desc="training", unit="batch", disable=not progress,
+                  dynamic_ncols=True, leave=False) as bar:
+            for _ in range(epochs):
+                net.train()
+                if hasattr(net, "drop_path_prob"):  # DARTS ramps drop-path linearly over training
+                    net.drop_path_prob = self.drop_path * self.epochs_done / self.total_epochs
+                loss_sum = seen = 0
+                for x, y in self.batches:
+                    x = x.to(self.device, memory_format=self.memory_format)
+                    y = y.to(self.device)
+                    set_progress(net, self.step / self._total_steps)
+                    out = net(x)
+                    loss = task_loss(net, out, y)
+                    extra = aux_loss(net)
+                    full = loss if extra is None else loss + extra
+                    self.opt.zero_grad(set_to_none=True)
+                    full.backward()
+                    nn.utils.clip_grad_norm_(net.parameters(), 5.0)
+                    self.opt.step()
+                    self.sched.step()
+                    self.step += 1
+                    loss_sum += loss.item() * len(y)
+                    seen += len(y)
+                    bar.update(1)
+                    bar.set_postfix(epoch=f"{self.epochs_done + 1}/{self.total_epochs}",
+                                    loss=f"{loss_sum / seen:.3f}")
+                self.epochs_done += 1
+                rec = {"epoch": self.epochs_done, "loss": loss_sum / max(seen, 1)}
+                if val is not None:
+                    rec["val_acc"] = self.accuracy(val)
+                self.history.append(rec)
+
+    def accuracy(self, batches) -> float:
+        return accuracy(self.net, batches, self.memory_format)
+
+    def deployed(self) -> nn.Module:
+        set_progress(self.net, 1.0)
+        return deploy(self.net.to(memory_format=torch.contiguous_format)).eval().to(self.device)
 
 
 def train(arch, splits: Splits, epochs: int, lr: float = 0.05, weight_decay: float = 3e-4,
-          drop_path: float = 0.0, seed: int = 0, progress: bool = True, device: str = "cpu") -> Dict[str, object]:
-    torch.manual_seed(seed)
-    net = space.build(arch, deploy=False).to(device)
-    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
-    total = max(1, epochs * len(splits.train))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
-    history: List[Dict[str, float]] = []
-    step = 0
-    with tqdm(total=total, desc="training", unit="batch", disable=not progress, dynamic_ncols=True) as bar:
-        for epoch in range(epochs):
-            net.train()
-            if hasattr(net, "drop_path_prob"):  # DARTS ramps drop-path linearly over training
-                net.drop_path_prob = drop_path * epoch / max(1, epochs)
-            loss_sum = seen = 0
-            for x, y in splits.train:
-                x, y = x.to(device), y.to(device)
-                set_progress(net, step / total)
-                out = net(x)
-                loss = task_loss(net, out, y)
-                extra = aux_loss(net)
-                full = loss if extra is None else loss + extra
-                opt.zero_grad(set_to_none=True)
-                full.backward()
-                nn.utils.clip_grad_norm_(net.parameters(), 5.0)
-                opt.step()
-                sched.step()
-                step += 1
-                loss_sum += loss.item() * len(y)
-                seen += len(y)
-                bar.update(1)
-                bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{loss_sum / seen:.3f}")
-            history.append({"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "val_acc": accuracy(net, splits.val)})
-    set_progress(net, 1.0)
-    net = deploy(net).eval()  # folding builds CPU-side modules: count on the CPU, score where trained
-    net = net.to(device)
-    return {"net": net, "history": history, "val_acc": accuracy(net, splits.val),
+          drop_path: float = 0.0, seed: int = 0, progress: bool = True, device: str = "cpu",
+          channels_last: bool = True, eval_every_epoch: bool = True) -> Dict[str, object]:
+    tr = Trainer(arch, splits.train, epochs, lr, weight_decay, drop_path, seed, device, channels_last)
+    tr.run(epochs, progress=progress, val=splits.val if eval_every_epoch else None)
+    net = tr.deployed()  # folding builds CPU-side modules: count on the CPU, score where trained
+    return {"net": net, "history": tr.history, "val_acc": accuracy(net, splits.val),
             "test_acc": accuracy(net, splits.test)}
 
 

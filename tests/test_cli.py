@@ -45,8 +45,11 @@ def test_run_writes_every_output(runs):
     assert cfg["seed"] == 3 and cfg["versions"]["torch"] and cfg["device"]["device"] == "cpu"
     assert cfg["estimation_data"]["name"] == "digits"
     trials = pd.read_csv(out / "trials.csv")
-    assert list(trials.columns[:8]) == ["trial", "arch_hash", "params", "flops", "latency_ms", "val_acc", "state",
-                                        "seconds"]
+    assert list(trials.columns[:10]) == ["trial", "arch_hash", "params", "flops", "latency_ms", "score", "estimator",
+                                         "val_acc", "state", "seconds"]
+    assert (trials.estimator == "supernet").all() and cfg["config"]["estimator"] == "supernet"
+    done = trials[trials.state == "complete"]
+    assert (done.score == done.val_acc).all()  # the supernet's score is a validation accuracy
     assert len(trials) == 8 and set(trials.state) <= {"complete", "over_budget", "failed"}
     assert trials[trials.state == "over_budget"].val_acc.isna().all()  # rejected before any evaluation
     assert (trials[trials.state == "complete"].val_acc.between(0, 1)).all()
@@ -70,11 +73,11 @@ def test_pareto_csv_is_the_front_of_the_trials(runs):
     trials = pd.read_csv(out / "trials.csv")
     done = trials[trials.state == "complete"]
     for _, r in front.iterrows():  # nothing within budget dominates a front member
-        better = done[(done.val_acc >= r.val_acc) & (done.flops <= r.flops) &
-                      ((done.val_acc > r.val_acc) | (done.flops < r.flops))]
+        better = done[(done.score >= r.score) & (done.flops <= r.flops) &
+                      ((done.score > r.score) | (done.flops < r.flops))]
         assert better.empty
     best = json.loads((out / "best.json").read_text())
-    assert best["val_acc"] == done.val_acc.max()
+    assert best["score"] == done.score.max()
     assert front.test_acc_inherited.between(0, 1).all()
 
 
@@ -105,6 +108,8 @@ def test_existing_folder_without_resume_is_refused(runs, capsys):
     (["--space", "nope"], "unknown search space"),
     (["--data", "/nonexistent/x.npz"], "no such file"),
     (["--driver", "hyperband"], "unknown driver"),
+    (["--estimator", "zc:synfow"], "did you mean zc:synflow"),
+    (["--estimator", "zc:synflow", "--estimator-opt", "bogus=1"], "takes no option bogus"),
 ])
 def test_bad_inputs_are_one_line_errors(tmp_path, args, msg):
     cmd = [sys.executable, "search.py", "--budget", "1MFLOPs", "--out", str(tmp_path / "x"), "--quiet", *args]
@@ -125,3 +130,19 @@ def test_train_an_exported_arch(runs, capsys):
     assert "test accuracy:" in line
     acc = float(line.split("test accuracy:")[1].split()[0])
     assert 0.0 <= acc <= 1.0
+
+
+def test_a_proxy_run_says_what_its_score_is_and_how_far_to_trust_it(tmp_path, capsys):
+    rc, out = _run(tmp_path, "zc", extra=["--estimator", "zc:synflow", "--rank-check", "2"])
+    assert rc == 0
+    trials = pd.read_csv(out / "trials.csv")
+    done = trials[trials.state == "complete"]
+    assert len(done) and (done.estimator == "zc:synflow").all()
+    assert done.val_acc.isna().all() and done.score.notna().all()  # a proxy's score is no accuracy
+    text = capsys.readouterr().out
+    assert "ranking:" in text and "rank check: Kendall tau" in text
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["estimator"]["estimator"] == "zc:synflow" and summary["trust"]
+    check = pd.read_csv(out / "rank_check.csv")
+    assert set(check.group) <= {"top", "random"} and check.trained_val_acc.between(0, 1).all()
+    assert summary["rank_check"]["n"] == len(check) >= 3

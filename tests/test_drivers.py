@@ -48,7 +48,7 @@ def darts():
 
 def problem(space, score=fake_score, budget=TIGHT):
     return Problem(space, parse_budget(budget), CostModel(), score,
-                   [Objective("val_acc", True), Objective("flops", False)])
+                   [Objective("score", True), Objective("flops", False)])
 
 
 def collect(driver, prob, n, seed=0, start=0):
@@ -67,9 +67,9 @@ def check_records(recs, prob, n, start=0):
     done = [r for r in recs if r.state == "complete"]
     assert over and done, "a tight budget gives both kinds"
     for r in over:  # rejected before scoring, with its real cost and a positive violation
-        assert r.val_acc is None and r.flops > 5.4e6 and r.violations["flops"] > 0
+        assert r.score is None and r.flops > 5.4e6 and r.violations["flops"] > 0
     for r in done:
-        assert r.val_acc == fake_score(r.arch) and r.flops <= 5.4e6 and r.violations["flops"] <= 0
+        assert r.score == r.val_acc == fake_score(r.arch) and r.flops <= 5.4e6 and r.violations["flops"] <= 0
 
 
 def choices_of(recs):
@@ -288,8 +288,8 @@ def test_nni_reward_orders_feasible_above_over_budget(nni_available):
     from nas.drivers.nni import reward
 
     prob = Problem.__new__(Problem)
-    prob.objectives = [Objective("val_acc", True), Objective("flops", False)]
-    ok = TrialRecord(0, {}, "complete", 0.0, flops=10, val_acc=0.0, violations={"flops": -0.5})
+    prob.objectives = [Objective("score", True), Objective("flops", False)]
+    ok = TrialRecord(0, {}, "complete", 0.0, flops=10, score=0.0, violations={"flops": -0.5})
     near = TrialRecord(1, {}, "over_budget", 0.0, flops=11, violations={"flops": 0.1})
     far = TrialRecord(2, {}, "over_budget", 0.0, flops=20, violations={"flops": 1.0})
     failed = TrialRecord(3, {}, "failed", 0.0)

@@ -1,0 +1,99 @@
+"""``supernet``: SPOS (Guo et al., arXiv 1904.00420): train one weight-sharing supernet, score each
+candidate with inherited weights after recalibrating its batch-norm statistics."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from typing import Any, Dict, List, Optional
+
+import torch
+
+from space.arch import ArchBase
+
+from ..supernet import FAST_FORMAT, accuracy, device_of, recalibrate_bn, train_supernet
+from .base import ESTIMATORS, Context, Estimator
+
+log = logging.getLogger(__name__)
+
+
+class FairSampler:
+    """Strict fairness (FairNAS, Chu et al., arXiv 1907.01845): every option of every choice is
+    used exactly once in each round of ``max(options)`` steps, each choice walking its own
+    shuffled order (a choice with fewer options reshuffles when it runs out).  Uniform sampling
+    leaves some (edge, op) pairs trained far less than others over a short run; this does not."""
+
+    def __init__(self, space):
+        self.space = space
+        self.choices = space.choices()
+        self._queues: Dict[str, List[Any]] = {k: [] for k in self.choices}
+
+    def __call__(self, rng: random.Random) -> ArchBase:
+        params = {}
+        for k, opts in self.choices.items():
+            q = self._queues[k]
+            if not q:
+                q.extend(rng.sample(list(opts), len(opts)))
+            params[k] = q.pop()
+        return self.space.decode(params)
+
+
+@ESTIMATORS.register("supernet")
+class SupernetEstimator(Estimator):
+    is_accuracy = True
+
+    def __init__(self, ctx: Context, sampling: str = "uniform", epochs: Optional[int] = None,
+                 lr: Optional[float] = None):
+        super().__init__(ctx)
+        if sampling not in ("uniform", "fair"):
+            raise ValueError(f"supernet sampling must be uniform or fair, got {sampling!r}")
+        self.sampling = sampling
+        self.epochs = ctx.epochs if epochs is None else int(epochs)
+        self.lr = ctx.lr if lr is None else float(lr)
+        self.checkpoint = ctx.folder / "supernet.pt" if ctx.folder is not None else None
+        torch.manual_seed(ctx.seed)  # the supernet's initial weights follow the seed
+        self.net = ctx.space.supernet(ctx.num_classes, ctx.input_size).to(ctx.device, memory_format=FAST_FORMAT)
+        self.history: List[Dict[str, float]] = []
+
+    def fingerprint(self) -> Dict[str, Any]:
+        c = self.ctx
+        return {"estimator": "supernet", "space": c.space.settings(), "epochs": self.epochs, "lr": self.lr,
+                "wd": c.weight_decay, "seed": c.seed, "train": len(c.splits.train.y),
+                "batch": c.splits.train.batch_size, "sampling": self.sampling}
+
+    def _hash(self) -> str:
+        return hashlib.sha1(json.dumps(self.fingerprint(), sort_keys=True).encode()).hexdigest()[:16]
+
+    def prepare(self) -> None:
+        """Train the supernet, or load the checkpoint a previous (interrupted) run saved."""
+        ck = self.checkpoint
+        if ck is not None and ck.exists():
+            state = torch.load(ck, map_location=device_of(self.net), weights_only=False)
+            if state.get("fingerprint") == self._hash():
+                self.net.load_state_dict(state["weights"])
+                self.history = state.get("history", [])
+                log.info("loaded the trained supernet from %s", ck)
+                return
+        sample = FairSampler(self.ctx.space) if self.sampling == "fair" else self.ctx.space.sample
+        self.history = train_supernet(self.net, sample, self.ctx.splits.train, self.epochs, self.lr,
+                                      self.ctx.weight_decay, self.ctx.seed, progress=self.ctx.progress)
+        if ck is not None:
+            torch.save({"fingerprint": self._hash(), "weights": self.net.state_dict(),
+                        "history": self.history}, ck)
+
+    def _with(self, arch: ArchBase, split) -> float:
+        torch.manual_seed(self.ctx.seed)  # stochastic layers see the same draws whatever the order
+        self.net.set_active(arch)
+        recalibrate_bn(self.net, self.ctx.splits.calib, FAST_FORMAT)
+        return accuracy(self.net, split, FAST_FORMAT)
+
+    def score(self, arch: ArchBase) -> float:
+        return self._with(arch, self.ctx.splits.val)
+
+    def test_accuracy(self, arch: ArchBase) -> Optional[float]:
+        return self._with(arch, self.ctx.splits.test)
+
+    def describe(self) -> Dict[str, Any]:
+        n = sum(p.numel() for p in self.net.parameters())
+        return {**super().describe(), "supernet_params": n, "history": self.history}

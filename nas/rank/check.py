@@ -1,0 +1,88 @@
+"""How far a run's ranking can be trusted: the estimator's benchmarked figures for the space
+(``benchmarks.json``, written by ``bench/ranking.py``) and, with ``--rank-check K``, a check on the
+run's own data: the top-K and K random evaluated candidates trained stand-alone briefly."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from .evaluate import ranking_metrics
+
+BENCHMARKS = Path(__file__).with_name("benchmarks.json")
+DIGITS_NOTE = ("the offline fallback data (scikit-learn digits) cannot rank architectures: on it, stand-alone "
+               "accuracies of random DARTS cells lie within seed noise of each other (results/benchmarks/"
+               "ranking_digits.txt); give --data (e.g. NAS_DATA=../shared/data/cifar10_subset.npz) for real results")
+
+
+def benchmarked(space: str, estimator: str, options: Optional[Dict[str, Any]] = None) -> Optional[Dict[str, Any]]:
+    """The committed ranking benchmark of ``estimator`` on ``space``, or None where none exists
+    (or the estimator runs with options other than the benchmarked ones)."""
+    if not BENCHMARKS.exists():
+        return None
+    entry = json.loads(BENCHMARKS.read_text()).get(space, {})
+    found = entry.get("estimators", {}).get(estimator)
+    if found is None or (options or {}) != found.get("options", {}):
+        return None
+    return {**found, "params_tau": entry["estimators"].get("zc:params", {}).get("kendall_tau"),
+            "noise_ceiling": entry.get("noise_ceiling"), "truth": entry.get("truth"), "n_archs": entry.get("n_archs")}
+
+
+def trust_line(b: Optional[Dict[str, Any]], estimator: str, space: str) -> str:
+    if b is None:
+        return f"no ranking benchmark of {estimator} on the {space} space exists: its ranking is unmeasured"
+    tau, pt, nc = b["kendall_tau"], b.get("params_tau"), b.get("noise_ceiling")
+    verdict = ("no better than counting parameters" if pt is not None and tau < pt + 0.1 else
+               "better than counting parameters")
+    return (f"benchmarked Kendall tau {tau:.2f} against stand-alone training on {b.get('n_archs')} architectures "
+            f"({b.get('truth')}); parameter count {pt:.2f}, seed-to-seed ceiling {nc:.2f}: {verdict}")
+
+
+def rank_check(records: Sequence[Any], k: int, splits, ds, seed: int, epochs: int, folder: Path,
+               progress: bool = True) -> Optional[Dict[str, Any]]:
+    """Train the K best-scored and K random other evaluated candidates (reduced copies, ``epochs``
+    each, the ground truth's recipe) and compare their validation accuracy with the scores.
+    Rows go to ``rank_check.csv`` as they finish."""
+    from tqdm.auto import tqdm
+
+    from ..estimators import REDUCED
+    from .truth import train_copy
+
+    uniq: Dict[str, Any] = {}
+    for r in records:
+        if r.feasible and r.score is not None:
+            uniq.setdefault(r.arch_hash, r)
+    ranked = sorted(uniq.values(), key=lambda r: -r.score)
+    if len(ranked) < 3:
+        return None
+    top = ranked[:k]
+    rest = ranked[k:]
+    pick = top + random.Random(seed).sample(rest, min(k, len(rest)))
+    path = folder / "rank_check.csv"
+    rows: List[Dict[str, Any]] = []
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, ["trial", "arch_hash", "group", "score", "trained_val_acc", "seconds"])
+        w.writeheader()
+        for i, r in enumerate(tqdm(pick, desc="rank check", unit="training", disable=not progress)):
+            res = train_copy(r.arch, REDUCED.get(r.arch.space, {}), splits, epochs, 0.05, seed,
+                             ds.input_size, ds.num_classes)
+            row = {"trial": r.number, "arch_hash": r.arch_hash, "group": "top" if i < len(top) else "random",
+                   "score": r.score, "trained_val_acc": res["val_acc"], "seconds": res["seconds"]}
+            w.writerow(row)
+            f.flush()
+            rows.append(row)
+    m = ranking_metrics([r["score"] for r in rows], [r["trained_val_acc"] for r in rows])
+    return {**m, "k": k, "epochs": epochs, "n": len(rows), "file": path.name,
+            "note": "stand-alone reduced copies trained briefly on this run's data: a noisy but independent check"}
+
+
+def check_line(c: Optional[Dict[str, Any]]) -> str:
+    if c is None:
+        return "rank check: fewer than 3 evaluated candidates, nothing to check"
+    tau = c["kendall_tau"]
+    return (f"rank check: Kendall tau {tau:.2f} between the estimator and {c['n']} candidates trained "
+            f"stand-alone for {c['epochs']} epoch(s) on this data ({c['file']})" if not math.isnan(tau) else
+            "rank check: undefined (constant scores)")
