@@ -48,7 +48,7 @@ def main() -> None:
     s = run(SearchConfig(budget=a.budget, space=a.space, data=a.data, trials=a.trials, epochs=a.epochs, out=out))
     ph = s["phases"]
     print(f"\nsearch on {a.data}: {a.trials} trials, {a.epochs} supernet epochs, space {a.space}, budget {a.budget}")
-    print(f"  supernet training {ph['supernet_training_s']:8.1f} s")
+    print(f"  estimator prepare {ph['estimator_prepare_s']:8.1f} s (supernet training)")
     print(f"  search            {ph['search_s']:8.1f} s  ({s['within_budget']} scored, {s['over_budget']} rejected)")
     print(f"  export            {ph['export_s']:8.1f} s")
     print(f"  total             {s['seconds']:8.1f} s")

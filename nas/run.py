@@ -211,6 +211,8 @@ def run(cfg: SearchConfig) -> Dict[str, Any]:
     say = print if cfg.progress else (lambda *a, **k: None)
     say(f"run folder: {folder}")
     say(f"data: {ds.name} ({ds.source}); {ds.note}".rstrip("; "))
+    if ds.name == "digits":
+        say(f"note: {DIGITS_NOTE}")
     say(f"budget: {'; '.join(c.describe() for c in constraints)}")
     if latency is not None:
         role = "constraint/objective" if any(o.name == "latency_ms" for o in objectives) else "reported only"
@@ -224,7 +226,7 @@ def run(cfg: SearchConfig) -> Dict[str, Any]:
                              progress=cfg.progress, folder=folder, epochs=cfg.epochs, lr=cfg.lr,
                              weight_decay=cfg.weight_decay)
     est = estimators.make(cfg.estimator, ctx, **cfg.estimator_options)
-    trust = benchmarked(sp.name, cfg.estimator, cfg.estimator_options)
+    trust = benchmarked(sp.name, cfg.estimator, cfg.estimator_options, sp.settings(), cfg.epochs)
     say(f"estimator: {cfg.estimator}; {trust_line(trust, cfg.estimator, sp.name)}")
     est.prepare()
     phases["estimator_prepare_s"] = time.time() - t0

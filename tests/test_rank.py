@@ -100,3 +100,18 @@ def test_bad_inputs_are_one_line_errors(tmp_path, monkeypatch, capsys, args, msg
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert msg in err and len(err.splitlines()) == 1
+
+
+def test_the_default_estimator_has_a_shipped_benchmark_and_a_run_reports_it():
+    from nas.rank.check import benchmarked, trust_line
+    from nas.run import SearchConfig
+
+    cfg = SearchConfig()
+    sp = DartsSpace()
+    b = benchmarked("darts", cfg.estimator, cfg.estimator_options, sp.settings(), cfg.epochs)
+    assert b is not None, "bench/ranking.py must have measured the default estimator"
+    assert -1 <= b["kendall_tau"] <= 1 and b["params_tau"] is not None and b["n_archs"] >= 24
+    assert "Kendall tau" in trust_line(b, cfg.estimator, "darts")
+    # a run whose estimator differs from what was measured gets no borrowed figure
+    assert benchmarked("darts", cfg.estimator, {"bogus": 1}, sp.settings(), cfg.epochs) is None
+    assert "unmeasured" in trust_line(None, "zc:zen", "mobile")

@@ -68,6 +68,18 @@ def _loss_backward(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> None:
     (loss if extra is None else loss + extra).backward()
 
 
+def _forward_with(net: nn.Module, x: torch.Tensor, hook: Callable, modules: List[nn.Module]) -> None:
+    """One training-mode forward (batch statistics, as at initialisation) with ``hook`` on ``modules``."""
+    handles = [m.register_forward_hook(hook) for m in modules]
+    try:
+        net.train()
+        with torch.no_grad():
+            net(x)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def synflow(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
     try:  # fp64 as the reference code: products over 20+ layers overflow fp32
         return _synflow(net.double(), x, torch.float64)
@@ -99,14 +111,7 @@ def naswot(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
             c = (out.detach().reshape(n, -1) > 0).double()
             K.add_(c @ c.t() + (1 - c) @ (1 - c).t())
 
-    handles = [m.register_forward_hook(hook) for m in net.modules() if isinstance(m, ACTIVATIONS)]
-    try:
-        net.train()
-        with torch.no_grad():
-            net(x)
-    finally:
-        for h in handles:
-            h.remove()
+    _forward_with(net, x, hook, [m for m in net.modules() if isinstance(m, ACTIVATIONS)])
     sign, logdet = torch.linalg.slogdet(K)
     return _finite(float(logdet)) if float(sign) > 0 else FLOOR
 
@@ -192,14 +197,7 @@ def meco(net: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
             corr = torch.nan_to_num(corr, nan=0.0, posinf=0.0, neginf=0.0)
             vals.append(float(torch.linalg.eigvalsh(corr).min()))
 
-    handles = [m.register_forward_hook(hook) for m in net.modules() if not list(m.children())]
-    try:
-        net.train()
-        with torch.no_grad():
-            net(x)
-    finally:
-        for h in handles:
-            h.remove()
+    _forward_with(net, x, hook, [m for m in net.modules() if not list(m.children())])
     return float(sum(vals))
 
 

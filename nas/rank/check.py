@@ -18,14 +18,23 @@ DIGITS_NOTE = ("the offline fallback data (scikit-learn digits) cannot rank arch
                "ranking_digits.txt); give --data (e.g. NAS_DATA=../shared/data/cifar10_subset.npz) for real results")
 
 
-def benchmarked(space: str, estimator: str, options: Optional[Dict[str, Any]] = None) -> Optional[Dict[str, Any]]:
-    """The committed ranking benchmark of ``estimator`` on ``space``, or None where none exists
-    (or the estimator runs with options other than the benchmarked ones)."""
+def benchmarked(space: str, estimator: str, options: Optional[Dict[str, Any]] = None,
+                settings: Optional[Dict[str, Any]] = None, epochs: Optional[int] = None) -> Optional[Dict[str, Any]]:
+    """The committed ranking benchmark of ``estimator`` run as this run runs it (same options, the
+    benchmarked space settings, and for the supernet the same epochs), or None where none exists."""
     if not BENCHMARKS.exists():
         return None
     entry = json.loads(BENCHMARKS.read_text()).get(space, {})
-    found = entry.get("estimators", {}).get(estimator)
-    if found is None or (options or {}) != found.get("options", {}):
+    settings = settings or {}
+
+    def same(b: Dict[str, Any]) -> bool:
+        return (b.get("options", {}) == (options or {})
+                and all(settings.get(k) == v for k, v in b.get("space_options", {}).items())
+                and (estimator != "supernet" or b.get("epochs") == epochs))
+
+    found = next((b for k, b in entry.get("estimators", {}).items()
+                  if k.split("[")[0] == estimator and same(b)), None)
+    if found is None:
         return None
     return {**found, "params_tau": entry["estimators"].get("zc:params", {}).get("kendall_tau"),
             "noise_ceiling": entry.get("noise_ceiling"), "truth": entry.get("truth"), "n_archs": entry.get("n_archs")}

@@ -1,0 +1,123 @@
+"""Training throughput of the accuracy side, side by side in one process.
+
+    python bench/train_speed.py [--archs 4] [--steps 3] [--threads 2] [--out FILE]
+
+For a few random in-budget DARTS architectures it times one training step (forward + backward +
+SGD, batch 64, 32x32) of:
+  * the architecture's path inside the default supernet (8 cells, 16 channels), contiguous
+    (the memory format before this change) and channels-last (now);
+  * the same network stand-alone (``space.build`` of an 8-cell, 16-channel copy), both formats;
+  * the reduced copy the ground truth and the ``train`` / ``zc:`` estimators use (5 cells, 8 ch),
+    and the path in a supernet of that size (``supernet_cells=5 supernet_channels=8``);
+and the scoring of one candidate by the supernet (batch-norm recalibration on 4 batches of 64
+and 1,017 validation images), both formats.  Medians over ``--steps`` timed steps after one
+warm-up; ratios are of images/s.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import random
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import space  # noqa: E402
+from nas.costs import CostModel  # noqa: E402
+from nas.estimators import reduced_arch  # noqa: E402
+from space.darts import DartsSpace  # noqa: E402
+
+CL, CT = torch.channels_last, torch.contiguous_format
+
+
+def _step_rate(net, set_arch, fmt, steps, batch=64):
+    net = net.to(memory_format=fmt).train()
+    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=fmt)
+    y = torch.randint(0, 10, (batch,))
+    times = []
+    for i in range(steps + 1):
+        set_arch()
+        t = time.perf_counter()
+        loss = torch.nn.functional.cross_entropy(net(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if i:
+            times.append(time.perf_counter() - t)
+    return batch / statistics.median(times)
+
+
+@torch.no_grad()
+def _score_seconds(net, fmt, n_calib=256, n_val=1017, batch=256):
+    net = net.to(memory_format=fmt)
+    t = time.perf_counter()
+    net.train()
+    for k in range(0, n_calib, 64):
+        net(torch.randn(64, 3, 32, 32).contiguous(memory_format=fmt))
+    net.eval()
+    for k in range(0, n_val, batch):
+        net(torch.randn(min(batch, n_val - k), 3, 32, 32).contiguous(memory_format=fmt))
+    return time.perf_counter() - t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--archs", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    sp = DartsSpace()
+    costs, rng, archs = CostModel(), random.Random(0), []
+    while len(archs) < a.archs:
+        arch = sp.sample(rng)
+        if costs(arch)["flops"] <= 300e6:
+            archs.append(arch)
+    torch.manual_seed(0)
+    sup = sp.supernet(10, (3, 32, 32))
+    narrow = DartsSpace(supernet_channels=8, supernet_cells=5).supernet(10, (3, 32, 32))
+    rows = []
+    for arch in archs:
+        alone = space.build(dataclasses.replace(arch, channels=16, cells=8), deploy=False)
+        small = space.build(reduced_arch(arch, (3, 32, 32), 10), deploy=False)
+        r = {"macs": CostModel()(dataclasses.replace(arch, channels=16, cells=8))["flops"] / 1e6}
+        for tag, fmt in (("ct", CT), ("cl", CL)):
+            r[f"super_{tag}"] = _step_rate(sup, lambda: sup.set_active(arch), fmt, a.steps)
+            r[f"alone_{tag}"] = _step_rate(alone, lambda: None, fmt, a.steps)
+            sup.set_active(arch)
+            r[f"score_{tag}"] = _score_seconds(sup, fmt)
+        r["small_cl"] = _step_rate(small, lambda: None, CL, a.steps)
+        r["narrow_cl"] = _step_rate(narrow, lambda: narrow.set_active(arch), CL, a.steps)
+        rows.append(r)
+    lines = []
+    if a.out:
+        lines += ["$ python bench/train_speed.py " + " ".join(shlex.quote(x) for x in sys.argv[1:]), ""]
+    lines.append(f"torch {torch.__version__}, {a.threads} threads, batch 64 at 32x32; images/s of one training step")
+    lines.append(f"{'path MACs':>9} | {'supernet':>8} {'-> CL':>7} {'x':>5} | {'alone':>7} {'-> CL':>7} | "
+                 f"{'super/alone':>11} | {'reduced CL':>10} {'narrow super CL':>15} | {'score s':>7} {'-> CL':>6}")
+    for r in rows:
+        lines.append(f"{r['macs']:>8.0f}M | {r['super_ct']:>8.1f} {r['super_cl']:>7.1f} {r['super_cl'] / r['super_ct']:>5.2f} | "
+                     f"{r['alone_ct']:>7.1f} {r['alone_cl']:>7.1f} | {r['alone_cl'] / r['super_cl']:>11.2f} | "
+                     f"{r['small_cl']:>10.1f} {r['narrow_cl']:>15.1f} | {r['score_ct']:>7.1f} {r['score_cl']:>6.1f}")
+    med = lambda k: statistics.median(r[k] for r in rows)  # noqa: E731
+    lines.append(f"median: supernet step {med('super_ct'):.1f} -> {med('super_cl'):.1f} images/s "
+                 f"({med('super_cl') / med('super_ct'):.2f}x); stand-alone / supernet step "
+                 f"{statistics.median(r['alone_cl'] / r['super_cl'] for r in rows):.2f}x (channels-last); "
+                 f"reduced copy {med('small_cl'):.1f} images/s ({med('small_cl') / med('super_ct'):.1f}x the old "
+                 f"supernet path); narrow supernet (5 cells, 8 ch) {med('narrow_cl'):.1f} images/s "
+                 f"({med('narrow_cl') / med('super_ct'):.1f}x); scoring one candidate {med('score_ct'):.1f} s -> {med('score_cl'):.1f} s")
+    text = "\n".join(lines)
+    print(text)
+    if a.out:
+        Path(a.out).write_text(text + "\n")
+
+
+if __name__ == "__main__":
+    main()
