@@ -23,6 +23,8 @@ meco         sum over leaf modules with a 4-D output of the smallest eigenvalue 
              the channel-by-channel Pearson correlation of the first image's map
 params       parameters of the deployed network                                       baseline
 flops        multiply-adds of the deployed network (fvcore)                           baseline
+vote         mean placement of the candidate among 32 random architectures by each   2101.08134
+             of several proxies (``proxies=naswot,params``)
 ===========  =======================================================================  ==========
 
 A degenerate network (no signal reaches the output) gets ``FLOOR`` where a proxy would take the
@@ -256,6 +258,40 @@ class CostEstimator(Estimator):
         return {"estimator": f"zc:{self.metric}"}
 
 
+class VoteEstimator(Estimator):
+    """A rank combination of proxies (as Abdelfattah et al.'s vote, arXiv 2101.08134): each
+    component places the candidate among ``reference`` random architectures of the space (scored
+    once, in ``prepare``), and the score is the mean of those placements (0..1)."""
+
+    def __init__(self, ctx: Context, proxies: str = "naswot,params", reference: int = 32):
+        super().__init__(ctx)
+        names = [p.strip() for p in str(proxies).split(",") if p.strip()]
+        if len(names) < 2:
+            raise ValueError("zc:vote needs at least two proxies, e.g. proxies=naswot,params")
+        self.parts = [ESTIMATORS[f"zc:{n}"](ctx) for n in names]
+        self.names, self.reference = names, int(reference)
+        self._ref: List[List[float]] = []
+
+    def prepare(self) -> None:
+        import random
+
+        rng = random.Random(self.ctx.seed + 101)
+        archs = [self.ctx.space.sample(rng) for _ in range(self.reference)]
+        self._ref = [sorted(p.score(a) for a in archs) for p in self.parts]
+
+    def score(self, arch: ArchBase) -> float:
+        if not self._ref:
+            self.prepare()
+        import bisect
+
+        return float(np.mean([bisect.bisect_left(ref, p.score(arch)) / len(ref)
+                              for p, ref in zip(self.parts, self._ref)]))
+
+    def fingerprint(self) -> Dict[str, Any]:
+        return {"estimator": "zc:vote", "proxies": self.names, "reference": self.reference, "seed": self.ctx.seed}
+
+
+ESTIMATORS.register("zc:vote", VoteEstimator, tags={"zc", "combination"})
 for _name in (*PROXIES, *MULTI_BATCH):
     ESTIMATORS.register(f"zc:{_name}", functools.partial(ZeroCostEstimator, proxy=_name), tags={"zc"})
 for _name in ("params", "flops"):
