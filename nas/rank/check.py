@@ -13,9 +13,11 @@ from typing import Any, Dict, List, Optional, Sequence
 from .evaluate import ranking_metrics
 
 BENCHMARKS = Path(__file__).with_name("benchmarks.json")
-DIGITS_NOTE = ("the offline fallback data (scikit-learn digits) cannot rank architectures: on it, stand-alone "
-               "accuracies of random DARTS cells lie within seed noise of each other (results/benchmarks/"
-               "ranking_digits.txt); give --data (e.g. NAS_DATA=../shared/data/cifar10_subset.npz) for real results")
+DIGITS_NOTE = ("this is the offline fallback (scikit-learn's 1,797 8x8 digits, upsampled): architectures do differ "
+               "on it (16 random cells trained stand-alone: 31-97% test accuracy, seed-to-seed Kendall tau 0.81), but "
+               "there larger networks did worse (parameter count tau -0.27) and no estimator was measured to rank "
+               "them (results/benchmarks/ranking_darts_digits.txt): it shows the tool working, not which modules "
+               "pay off on images; give --data (e.g. NAS_DATA=../shared/data/cifar10_subset.npz) for that")
 
 
 def benchmarked(space: str, estimator: str, options: Optional[Dict[str, Any]] = None,
