@@ -78,8 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "nni: strategy=tpe mutation_prob=0.1 (repeatable)")
     p.add_argument("--trials", type=int, default=64, help="candidates to propose (default 64); over-budget ones "
                    "are rejected in milliseconds, before any training or evaluation")
-    p.add_argument("--estimator", default="supernet",
-                   help="what ranks candidates: supernet (default, SPOS), train (stand-alone, successive halving), "
+    p.add_argument("--estimator", default=None,
+                   help="what ranks candidates (default: the best measured, see the README's ranking results): "
+                        "supernet (SPOS), train (stand-alone, successive halving), zc:vote, "
                         "zc:synflow, zc:naswot, zc:grad_norm, zc:snip, zc:zen, zc:zico, zc:meco, zc:params, zc:flops "
                         "(see --list and the README's ranking results)")
     p.add_argument("--estimator-opt", type=_kv, action="append", default=[], metavar="KEY=VALUE",
@@ -146,7 +147,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                        space_options=dict(args.space_opt), driver=args.driver, sampler=args.sampler,
                        driver_options=dict(args.driver_opt),
                        population=args.population, trials=args.trials, epochs=args.epochs,
-                       estimator=args.estimator, estimator_options=dict(args.estimator_opt),
+                       estimator=args.estimator or SearchConfig.estimator, estimator_options=dict(args.estimator_opt),
                        rank_check=args.rank_check, rank_check_epochs=args.rank_check_epochs,
                        batch_size=args.batch_size, lr=args.lr, data=args.data, out=args.out, seed=args.seed,
                        storage=args.storage, latency_lut=args.latency_lut, force_lut=args.force_lut,

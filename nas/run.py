@@ -48,7 +48,7 @@ class SearchConfig:
     driver_options: Dict[str, Any] = field(default_factory=dict)  # e.g. ray: address, concurrency
     population: Optional[int] = None  # NSGA-II population; None = trials/4 within 8..50, so short runs evolve
     trials: int = 64  # candidates proposed; rejected ones cost milliseconds, scored ones ~a second
-    estimator: str = "supernet"  # ranks candidates (nas.estimators); chosen by bench/ranking.py, see README
+    estimator: str = estimators.DEFAULT  # ranks candidates; the best measured by bench/ranking.py (README)
     estimator_options: Dict[str, Any] = field(default_factory=dict)  # e.g. supernet: sampling=fair
     rank_check: int = 0  # train the top-K and K random candidates stand-alone and report the estimator's tau
     rank_check_epochs: int = 1  # epochs of each rank-check training (reduced copy, as the ground truth)

@@ -15,7 +15,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from fvcore.nn import FlopCountAnalysis
 
-TINY = ["--data", "digits", "--epochs", "1", "--trials", "8", "--quiet", "--batch-size", "128",
+TINY = ["--data", "digits", "--epochs", "1", "--trials", "8", "--quiet", "--batch-size", "128", "--estimator", "supernet",
         "--ops", "skip_connect,max_pool_3x3,sep_conv_3x3,dil_conv_3x3,do_conv_3x3", "--fusions", "sum",
         "--space-opt", "channels=8", "--space-opt", "cells=3",
         "--space-opt", "supernet_channels=4", "--space-opt", "supernet_cells=2"]

@@ -17,6 +17,10 @@ from space.arch import ArchBase
 from space.registry import Registry
 
 ESTIMATORS = Registry("estimator", "constructor(ctx: Context, **options) -> Estimator")
+# The default search's estimator: the one that ranked best against the committed ground truth
+# among those that keep the default command within 20 minutes on 2 cores (bench/ranking.py;
+# README, "How far to trust the ranking").
+DEFAULT = "zc:meco"
 
 # The reduced copy that stand-alone training and training-free proxies work on, per space: the
 # deployed DARTS network (20 cells of 16 channels) trains at 16-25 images/s on 2 cores; 5 cells of
