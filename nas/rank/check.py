@@ -15,8 +15,8 @@ from .evaluate import ranking_metrics
 BENCHMARKS = Path(__file__).with_name("benchmarks.json")
 DIGITS_NOTE = ("this is the offline fallback (scikit-learn's 1,797 8x8 digits, upsampled): architectures do differ "
                "on it (16 random cells trained stand-alone: 31-97% test accuracy, seed-to-seed Kendall tau 0.81), but "
-               "there larger networks did worse (parameter count tau -0.27) and no estimator was measured to rank "
-               "them (results/benchmarks/ranking_darts_digits.txt): it shows the tool working, not which modules "
+               "there larger networks did worse (parameter count tau -0.27) and none of the estimators measured "
+               "there ranked them (results/benchmarks/ranking_darts_digits.txt): it shows the tool working, not which modules "
                "pay off on images; give --data (e.g. NAS_DATA=../shared/data/cifar10_subset.npz) for that")
 
 
