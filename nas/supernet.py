@@ -34,6 +34,27 @@ def device_of(net: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
+def cosine_sgd(net: nn.Module, lr: float, weight_decay: float, total_steps: int):
+    """SGD with Nesterov momentum and a cosine schedule over ``total_steps`` (SPOS, DARTS)."""
+    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    total = max(1, total_steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    return opt, sched
+
+
+def train_step(net: nn.Module, opt, sched, x: torch.Tensor, y: torch.Tensor, grad_clip: float = 5.0):
+    """One update on the task loss plus any side losses the ops left; returns (task loss, logits)."""
+    out = net(x)
+    loss = task_loss(net, out, y)
+    extra = aux_loss(net)
+    opt.zero_grad(set_to_none=True)  # inactive supernet paths keep grad None: SGD skips them
+    (loss if extra is None else loss + extra).backward()
+    nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
+    opt.step()
+    sched.step()
+    return loss, out
+
+
 def train_supernet(net: nn.Module, sample_arch: Callable[[random.Random], object], batches: Batches,
                    epochs: int, lr: float, weight_decay: float, seed: int, grad_clip: float = 5.0,
                    progress: bool = True, memory_format=FAST_FORMAT) -> List[Dict[str, float]]:
@@ -44,9 +65,8 @@ def train_supernet(net: nn.Module, sample_arch: Callable[[random.Random], object
     rng = random.Random(seed)
     batches = batches.fresh(seed) if hasattr(batches, "fresh") else batches
     net.to(memory_format=memory_format)
-    opt = torch.optim.SGD(net.parameters(), lr=lr, momentum=0.9, nesterov=True, weight_decay=weight_decay)
     total = max(1, epochs * len(batches))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+    opt, sched = cosine_sgd(net, lr, weight_decay, total)
     history: List[Dict[str, float]] = []
     net.train()
     step = 0
@@ -59,15 +79,7 @@ def train_supernet(net: nn.Module, sample_arch: Callable[[random.Random], object
                 y = y.to(dev, non_blocking=True)
                 net.set_active(sample_arch(rng))
                 set_progress(net, step / total)
-                out = net(x)
-                loss = task_loss(net, out, y)
-                extra = aux_loss(net)
-                full = loss + extra if extra is not None else loss
-                opt.zero_grad(set_to_none=True)  # inactive paths keep grad None: SGD skips them
-                full.backward()
-                nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
-                opt.step()
-                sched.step()
+                loss, out = train_step(net, opt, sched, x, y, grad_clip)
                 step += 1
                 loss_sum += loss.item() * len(y)
                 correct += (out.argmax(1) == y).sum().item()

@@ -4,7 +4,6 @@ its test accuracy.  This is the number to trust; supernet accuracies only rank c
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -15,12 +14,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import space
-from space.ops import aux_loss, deploy, set_progress, task_loss
+from space.ops import deploy, set_progress
 
 from .cli import OneLineParser
 from .data import DataError, Splits, load_dataset
 from .flops import count, params
-from .supernet import FAST_FORMAT, accuracy
+from .supernet import FAST_FORMAT, accuracy, cosine_sgd, train_step
 
 
 class Trainer:
@@ -35,14 +34,10 @@ class Trainer:
         self.device, self.batches, self.drop_path = device, train_batches.fresh(seed), drop_path
         self.memory_format = FAST_FORMAT if channels_last else torch.contiguous_format  # see nas.supernet
         self.net = space.build(arch, deploy=False).to(device, memory_format=self.memory_format)
-        self.opt = torch.optim.SGD(self.net.parameters(), lr=lr, momentum=0.9, nesterov=True,
-                                   weight_decay=weight_decay)
         self.total_epochs = max(1, total_epochs)
-        total = self.total_epochs * len(train_batches)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(
-            self.opt, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total) / total)))
+        self._total_steps = self.total_epochs * len(train_batches)
+        self.opt, self.sched = cosine_sgd(self.net, lr, weight_decay, self._total_steps)
         self.epochs_done, self.step, self.history = 0, 0, []
-        self._total_steps = total
 
     def run(self, epochs: int, progress: bool = False, val=None) -> None:
         net = self.net
@@ -57,15 +52,7 @@ class Trainer:
                     x = x.to(self.device, memory_format=self.memory_format)
                     y = y.to(self.device)
                     set_progress(net, self.step / self._total_steps)
-                    out = net(x)
-                    loss = task_loss(net, out, y)
-                    extra = aux_loss(net)
-                    full = loss if extra is None else loss + extra
-                    self.opt.zero_grad(set_to_none=True)
-                    full.backward()
-                    nn.utils.clip_grad_norm_(net.parameters(), 5.0)
-                    self.opt.step()
-                    self.sched.step()
+                    loss, _ = train_step(net, self.opt, self.sched, x, y)
                     self.step += 1
                     loss_sum += loss.item() * len(y)
                     seen += len(y)

@@ -18,7 +18,7 @@ candidates over budget never reach the estimator, so training only has to order 
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Sequence
 
 from space.arch import ArchBase
 

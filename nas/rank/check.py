@@ -61,7 +61,6 @@ def rank_check(records: Sequence[Any], k: int, splits, ds, seed: int, epochs: in
     Rows go to ``rank_check.csv`` as they finish."""
     from tqdm.auto import tqdm
 
-    from ..estimators import REDUCED
     from .truth import train_copy
 
     uniq: Dict[str, Any] = {}
@@ -80,7 +79,7 @@ def rank_check(records: Sequence[Any], k: int, splits, ds, seed: int, epochs: in
         w = csv.DictWriter(f, ["trial", "arch_hash", "group", "score", "trained_val_acc", "seconds"])
         w.writeheader()
         for i, r in enumerate(tqdm(pick, desc="rank check", unit="training", disable=not progress)):
-            res = train_copy(r.arch, REDUCED.get(r.arch.space, {}), splits, epochs, 0.05, seed,
+            res = train_copy(r.arch, None, splits, epochs, 0.05, seed,
                              ds.input_size, ds.num_classes)
             row = {"trial": r.number, "arch_hash": r.arch_hash, "group": "top" if i < len(top) else "random",
                    "score": r.score, "trained_val_acc": res["val_acc"], "seconds": res["seconds"]}

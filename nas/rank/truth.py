@@ -22,7 +22,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional
 
 import multiprocessing as mp
 
@@ -127,7 +127,7 @@ def _init_worker(data: Optional[str], cfg: Dict[str, Any], threads: int) -> None
     _WORKER["input_size"] = ds.input_size
 
 
-def train_copy(arch: ArchBase, overrides: Dict[str, Any], splits, epochs: int, lr: float, seed: int,
+def train_copy(arch: ArchBase, overrides: Optional[Dict[str, Any]], splits, epochs: int, lr: float, seed: int,
                input_size=None, num_classes=None) -> Dict[str, Any]:
     """Train the reduced copy of ``arch`` at the data's size; accuracies of the folded network."""
     from ..estimators import reduced_arch
