@@ -48,7 +48,7 @@ def main() -> None:
     names = a.ops.split(",") if a.ops else space.OPS.names(exclude={"zero"})
     mods = {"conv3x3 (reference)": nn.Sequential(nn.Conv2d(C, C, 3, padding=1, bias=False), nn.BatchNorm2d(C))}
     mods.update({n: space.OPS[n](C, C, 1) for n in names})
-    fus = {} if a.ops else {f"fusion:{n}": space.FUSIONS[n](C) for n in space.FUSIONS.names(exclude={"not_default"})}
+    fus = {} if a.ops else {f"fusion:{n}": space.FUSIONS[n](C) for n in space.FUSIONS.names()}
     x = torch.randn(B, C, H, H, requires_grad=True)
     y = torch.randn(B, C, H, H, requires_grad=True)
 

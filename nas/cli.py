@@ -98,8 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for split, supernet and sampler: same seed, same trials")
     p.add_argument("--storage", default=None,
                    help="Optuna storage URL (default: SQLite file study.db in the run folder), e.g. postgresql://...")
-    p.add_argument("--ops", type=_csv, default=None, help="comma-separated candidate ops (default: all registered)")
-    p.add_argument("--fusions", type=_csv, default=None, help="comma-separated combine ops (default: all registered)")
+    p.add_argument("--ops", type=_csv, default=None, help="comma-separated candidate ops (default: the space's explicit default list)")
+    p.add_argument("--fusions", type=_csv, default=None, help="comma-separated combine ops (default: the space's explicit default list)")
     p.add_argument("--space-opt", type=_kv, action="append", default=[], metavar="KEY=VALUE",
                    help="other space settings, e.g. channels=16 cells=8 supernet_channels=8 (repeatable)")
     p.add_argument("--latency-lut", default=None, help="latency lookup table (default: the shipped one for this "

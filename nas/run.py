@@ -40,8 +40,8 @@ class RunError(RuntimeError):
 class SearchConfig:
     budget: str = "300MFLOPs"  # limit on the *deployed* network; FLOPs = fvcore multiply-adds
     space: str = "darts"  # search space (space.SPACES)
-    ops: Optional[List[str]] = None  # candidate ops; None = every registered op the space offers
-    fusions: Optional[List[str]] = None  # combine/merge candidates; None = every registered fusion
+    ops: Optional[List[str]] = None  # candidate ops; None = the space's explicit default list (DEFAULT_OPS...)
+    fusions: Optional[List[str]] = None  # combine/merge candidates; None = the space's default list
     space_options: Dict[str, Any] = field(default_factory=dict)  # other space settings, e.g. cells=14
     driver: str = "optuna"  # search backend (nas.drivers)
     sampler: str = "nsga2"  # Optuna: nsga2 handles several objectives and constraints natively; or tpe

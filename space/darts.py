@@ -375,13 +375,14 @@ class DartsSupernet(nn.Module):
 
 # -- the space ---------------------------------------------------------------------------
 
-def default_ops() -> List[str]:
-    """Every registered op except ``none`` (DARTS never keeps it in a derived cell)."""
-    return OPS.names(exclude={"zero", "not_default"})
-
-
-def default_fusions() -> List[str]:
-    return FUSIONS.names(exclude={"not_default"})
+# The default candidates, an explicit list as DARTS' PRIMITIVES is: registering an op never
+# changes a default search, the trials a seed gives or which shipped latency table matches.
+# (``none`` is not among them: DARTS never keeps it in a derived cell.)
+DEFAULT_OPS = ("cfnet_focal", "cga", "cga_3x3", "skip_connect", "max_pool_3x3", "avg_pool_3x3",
+               "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3", "dil_conv_5x5", "se", "se_3x3", "dca_se",
+               "dca_se_3x3", "deconv_3x3", "dgc_3x3", "do_conv_3x3", "sandglass_3x3", "sandglass_5x5", "lka",
+               "ms_cam", "ms_cam_3x3", "psconv_3x3", "pyconv_3x3", "ulsam", "ulsam_3x3", "weightnet_3x3")
+DEFAULT_FUSIONS = ("cga_fusion", "sum", "aff", "iaff")
 
 
 def _pairs(node: int) -> List[str]:
@@ -407,8 +408,8 @@ class DartsSpace(SearchSpace):
     def __init__(self, ops: Optional[Sequence[str]] = None, fusions: Optional[Sequence[str]] = None,
                  channels: int = 16, cells: int = 20, input_size: Sequence[int] = (3, 32, 32),
                  num_classes: int = 10, supernet_channels: int = 16, supernet_cells: int = 8):
-        self.ops = OPS.check(ops) if ops is not None else default_ops()
-        self.fusions = FUSIONS.check(fusions) if fusions is not None else default_fusions()
+        self.ops = OPS.check(ops if ops is not None else DEFAULT_OPS)
+        self.fusions = FUSIONS.check(fusions if fusions is not None else DEFAULT_FUSIONS)
         if not self.ops or not self.fusions:
             raise ValueError("the space needs at least one op and one fusion")
         self.channels, self.cells = int(channels), int(cells)

@@ -529,6 +529,9 @@ DEFAULT_DEPTHS = ((1, 2, 3), (1, 2, 3), (2, 4, 5, 6, 8), (1, 2, 3, 4))
 DEFAULT_WIDTHS = ((32, 48, 64), (56, 64, 96, 128), (112, 160, 256), (220, 256, 384, 512))
 DEFAULT_RATIOS = (3, 4, 8)
 DEFAULT_NECKS = ("none", "fpt_neck")
+# The default mixers, explicit (see space/darts.py's DEFAULT_OPS for why).
+DEFAULT_TOKEN_MIXERS = ("bra", "lka", "pool_mixer", "dwconv_mixer", "additive_attention")
+DEFAULT_CHANNEL_MIXERS = ("adapt_mlp", "mlp", "mlp_dw")
 
 
 @SPACES.register("metaformer")
@@ -536,8 +539,8 @@ class MetaformerSpace(SearchSpace):
     """Per stage: token mixer, channel mixer, depth, width, MLP ratio; and the neck.
 
     Settings: ``style`` (``van``, ``swiftformer`` or ``biformer``: block style, stem, norms,
-    layer scale, head), candidate ``token_mixers``/``channel_mixers`` (default: every
-    registered one not tagged ``not_default``), per-stage ``depths``/``widths`` options,
+    layer scale, head), candidate ``token_mixers``/``channel_mixers`` (default: the explicit
+    ``DEFAULT_TOKEN_MIXERS``/``DEFAULT_CHANNEL_MIXERS``), per-stage ``depths``/``widths`` options,
     ``mlp_ratios`` (ints), the deployed ``input_size``/``num_classes`` (224, 1000), the
     supernet's ``supernet_widths``.
     """
@@ -564,10 +567,9 @@ class MetaformerSpace(SearchSpace):
         if style not in STYLES:
             raise ValueError(f"unknown style {style!r}; known: {', '.join(STYLES)}")
         self.style = style
-        self.token_mixers = TOKEN_MIXERS.check(token_mixers) if token_mixers is not None \
-            else TOKEN_MIXERS.names(exclude={"not_default"})
-        self.channel_mixers = CHANNEL_MIXERS.check(channel_mixers) if channel_mixers is not None \
-            else CHANNEL_MIXERS.names(exclude={"not_default"})
+        self.token_mixers = TOKEN_MIXERS.check(token_mixers if token_mixers is not None else DEFAULT_TOKEN_MIXERS)
+        self.channel_mixers = CHANNEL_MIXERS.check(channel_mixers if channel_mixers is not None
+                                                   else DEFAULT_CHANNEL_MIXERS)
         self.depths = [[int(d) for d in ds] for ds in depths]
         self.widths = [[int(w) for w in ws] for ws in widths]
         self.mlp_ratios = [int(r) for r in mlp_ratios]

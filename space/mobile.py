@@ -410,17 +410,10 @@ def _scaled(width: int, percent: int) -> int:
 
 # -- the space -----------------------------------------------------------------------------
 
-def default_convs() -> List[str]:
-    return DW_CONVS.names(exclude={"not_default"})
-
-
-def default_attentions() -> List[str]:
-    return ["none"] + ATTENTIONS.names(exclude={"not_default"})
-
-
-def default_fusions() -> List[str]:
-    names = FUSIONS.names(exclude={"not_default"})
-    return ["sum"] + [n for n in names if n != "sum"]
+# The default candidates, explicit (see space/darts.py's DEFAULT_OPS for why).
+DEFAULT_CONVS = ("plain", "deconv", "do_conv", "weightnet")
+DEFAULT_ATTENTIONS = ("none", "cga", "se", "dca_se", "lka", "ms_cam", "ulsam")
+DEFAULT_FUSIONS = ("sum", "cga_fusion", "aff", "iaff")
 
 
 def _check_list(name: str, values: Sequence[Any]) -> List[Any]:
@@ -437,8 +430,8 @@ class MobileSpace(SearchSpace):
     expanded IR block 5-30x the cost of a sandglass one: pass ("sg", "ir") to offer it);
     kernels (3, 5, 7); expansions (3, 6) (IR expansion / SG reduction); width_mults
     (75, 100, 125) percent of the base widths; depths (1, 2, 3, 4) per searched stage; convs
-    (every DW_CONVS name), attentions ("none" + every ATTENTIONS name), fusions ("sum" + every
-    FUSIONS name); heads ("plain", "genet"); genet_groups 4; input_size (3, 224, 224);
+    (``DEFAULT_CONVS``), attentions (``DEFAULT_ATTENTIONS``), fusions (``DEFAULT_FUSIONS``): explicit
+    lists, so that registering a module never changes a default search; heads ("plain", "genet"); genet_groups 4; input_size (3, 224, 224);
     num_classes 1000; supernet_width 35 (percent of the deployed widths);
     supernet_min_resolution 4 (pixels per side of the supernet's last stage)."""
 
@@ -475,10 +468,10 @@ class MobileSpace(SearchSpace):
         if any(k < 1 or k % 2 == 0 for k in self.kernels) or min(self.expansions) < 1 \
                 or min(self.width_mults) < 1 or min(self.depths) < 1:
             raise ValueError("kernels must be odd, expansions, width_mults and depths >= 1")
-        self.convs = DW_CONVS.check(_check_list("convs", convs if convs is not None else default_convs()))
-        self.attentions = _check_list("attentions", attentions if attentions is not None else default_attentions())
+        self.convs = DW_CONVS.check(_check_list("convs", convs if convs is not None else DEFAULT_CONVS))
+        self.attentions = _check_list("attentions", attentions if attentions is not None else DEFAULT_ATTENTIONS)
         ATTENTIONS.check(a for a in self.attentions if a != "none")
-        self.fusions = FUSIONS.check(_check_list("fusions", fusions if fusions is not None else default_fusions()))
+        self.fusions = FUSIONS.check(_check_list("fusions", fusions if fusions is not None else DEFAULT_FUSIONS))
         self.heads = HEADS.check(_check_list("heads", heads))
         self.genet_groups = int(genet_groups)
         self.input_size = tuple(int(v) for v in input_size)

@@ -42,6 +42,15 @@ class Registry:
             return f
         return deco(fn) if fn is not None else deco
 
+    def remove(self, name: str) -> None:
+        """Forget ``name`` and its aliases (a test's throwaway entry, a plug-in being reloaded)."""
+        self.get(name)
+        name = self.canonical(name)
+        for d in (self._fns, self._tags, self._meta):
+            del d[name]
+        for a in [a for a, n in self._aliases.items() if n == name]:
+            del self._aliases[a]
+
     def alias(self, alias: str, name: str) -> None:
         """Accept ``alias`` wherever ``name`` is accepted (lookup, ``check``), without a second
         entry: a space offers the registered name once, and archs store it."""

@@ -40,7 +40,7 @@ Departures from the official code, and why:
   cast to the input dtype) so that tracing and FLOP counting see them as constants, not as
   sin/cos/div ops; they match the official float32 ones to ~1e-7.
 
-Not a default candidate (registry tag ``not_default``; opt in with ``--fusions``): its point is a
+Not in any space's default candidate list (opt in with ``--fusions``): its point is a
 second feature set of another resolution or modality.  Where a space merges two maps of the same
 size (a DARTS node, a residual) it becomes full attention over all H*W tokens: 37M multiply-adds
 per DARTS node at 16 channels and 32x32, about 3.9 s per forward+backward of a 64-image batch on a
@@ -151,7 +151,7 @@ class CrossAttentionFusion(nn.Module):
         return fused.transpose(1, 2).reshape(b, c, h, w)
 
 
-@FUSIONS.register("cross_attn_fusion", tags={"attention", "cross_scale", "locformer", "not_default"})
+@FUSIONS.register("cross_attn_fusion", tags={"attention", "cross_scale", "locformer"})
 def cross_attn_fusion(C: int, **kw) -> nn.Module:
     """x (B,C,H,W) attends to y (B,C_y,Hy,Wy; kw ``C_y``, default C) -> shaped like x."""
     return CrossAttentionFusion(C, **kw)
