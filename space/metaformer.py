@@ -43,13 +43,14 @@ width and MLP ratio, and the neck.  ``bra``'s keyword ints live in the arch (``m
 n_win is the largest divisor of the stage resolution <= 7 (7 at 224: BiFormer's), and the
 per-stage topk (BiFormer-T's 1, 4, 16, -2) is scaled by regions/49 where fewer regions exist.
 
-Supernet (SPOS): every block position of a stage holds one instance of every candidate token
-sub-block and channel sub-block (a channel candidate is a mixer *and* an MLP ratio); depth is a
-prefix of the positions.  It is smaller than the deployed network: fixed narrow widths
-(``supernet_widths``; the width choice is costed on the deployed network but not represented
-in the supernet).  It runs at the data's resolution: the stem stride drops from 4 to 2 or 1 so
-that the last stage keeps >= 4x4 (32x32 CIFAR: stem stride 1, stages at 32/16/8/4), and
-``bra``'s n_win/topk follow the rule above at those resolutions.
+Supernet (SPOS, space/metaformer_supernet.py): every block position of a stage holds one
+instance of every candidate token sub-block and channel sub-block at every width; depth is a
+prefix of the positions.  It is narrower than the deployed network: each width option maps to a
+proportional supernet width (``supernet_widths`` is the widest option's, per stage), and the
+narrower widths run on the leading channels of the widest's weights (space/sliced.py).  It runs
+at the data's resolution: the stem stride drops from 4 to 2 or 1 so that the last stage keeps
+>= 4x4 (32x32 CIFAR: stem stride 1, stages at 32/16/8/4), and ``bra``'s n_win/topk follow the
+rule above at those resolutions.
 """
 from __future__ import annotations
 
@@ -542,7 +543,7 @@ class MetaformerSpace(SearchSpace):
     layer scale, head), candidate ``token_mixers``/``channel_mixers`` (default: the explicit
     ``DEFAULT_TOKEN_MIXERS``/``DEFAULT_CHANNEL_MIXERS``), per-stage ``depths``/``widths`` options,
     ``mlp_ratios`` (ints), the deployed ``input_size``/``num_classes`` (224, 1000), the
-    supernet's ``supernet_widths``.
+    supernet's ``supernet_widths`` (per stage, the supernet width of the widest option).
     """
 
     name = "metaformer"
@@ -639,9 +640,10 @@ class MetaformerSpace(SearchSpace):
         return out
 
     def supernet(self, num_classes: int, input_size: Sequence[int]) -> nn.Module:
-        from .metaformer_supernet import MetaformerSupernet  # the supernet imports this module
+        from .metaformer_supernet import MetaformerSupernet, width_map  # the supernet imports this module
 
-        return MetaformerSupernet(STYLES[self.style], self.supernet_widths, [max(d) for d in self.depths],
+        maps = [width_map(ws, sw) for ws, sw in zip(self.widths, self.supernet_widths)]
+        return MetaformerSupernet(STYLES[self.style], maps, [max(d) for d in self.depths],
                                   self.token_mixers, self.channel_mixers, [float(r) for r in self.mlp_ratios],
                                   num_classes, input_size, conv_blocks=self.style == "swiftformer",
                                   necks=self.necks, neck_width=self.supernet_neck_width)

@@ -230,3 +230,66 @@ def test_registered_necks(neck):
     sup = sp.supernet(10, (3, 32, 32))
     sup.set_active(arch)
     sup(torch.randn(2, 3, 32, 32)).sum().backward()  # FPT's RT needs batch > 1 in training
+
+
+def _width_pair(sp, stage=2):
+    """Two archs of ``sp`` that differ only in one stage's width."""
+    base = {k: v[0] for k, v in sp.choices().items()}
+    ws = sp.choices()[f"s{stage}_width"]
+    return sp.decode({**base, f"s{stage}_width": ws[0]}), sp.decode({**base, f"s{stage}_width": ws[-1]})
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_supernet_represents_widths_and_a_path_is_its_standalone_network(style):
+    sp = space.get_space("metaformer", style=style)
+    torch.manual_seed(0)
+    sup = sp.supernet(10, (3, 32, 32))
+    narrow, wide = _width_pair(sp)
+    x = torch.randn(3, 3, 32, 32)
+    sup.train()
+    for a in (narrow, wide):  # a training step moves the shared weights and BN statistics
+        sup.set_active(a)
+        sup(x).pow(2).mean().backward()
+    sup.eval()
+    outs = []
+    for a in (narrow, wide):
+        sup.set_active(a)
+        with torch.no_grad():
+            outs.append(sup(x))
+        sub = sup.subnet(a).eval()  # the stand-alone network at that width, inherited weights
+        assert [s.width for s in sup.subnet_arch(a).stages] == sup.widths_of(a)
+        with torch.no_grad():
+            torch.testing.assert_close(sub(x), outs[-1], rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(outs[0], outs[1]), "widths that differ must score differently"
+    assert sup.widths_of(narrow)[1] < sup.widths_of(wide)[1]
+
+
+def test_supernet_widths_differ_in_supernet_estimator_scores():
+    from nas.data import Splits, load_digits_fallback
+    from nas.estimators import Context, make
+
+    ds = load_digits_fallback(0, size=16)
+    splits = Splits.make(ds, 32, 0.2, 0, calib_batches=2)
+    splits.train.limit, splits.val.limit = 3, 2
+    sp = space.get_space("metaformer", input_size=(3, 16, 16), num_classes=ds.num_classes,
+                         token_mixers=["pool_mixer"], channel_mixers=["mlp"], necks=["none"])
+    est = make("supernet", Context(sp, splits, ds.num_classes, ds.input_size, seed=0, progress=False), epochs=1)
+    est.prepare()
+    narrow, wide = _width_pair(sp, stage=4)
+    scores = [est.score(a) for a in (narrow, wide)]
+    logits = []
+    for a in (narrow, wide):
+        est.net.set_active(a)
+        est.net.eval()
+        with torch.no_grad():
+            logits.append(est.net(torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0))))
+    assert not torch.allclose(logits[0], logits[1])
+    assert all(0 <= s <= 1 for s in scores)
+
+
+def test_width_map_is_proportional_and_refuses_collisions():
+    from space.metaformer_supernet import width_map
+
+    assert width_map([32, 48, 64], 16) == {32: 8, 48: 12, 64: 16}
+    with pytest.raises(ValueError, match="too narrow"):
+        width_map([60, 62, 64], 8)
