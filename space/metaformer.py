@@ -507,21 +507,39 @@ STYLES: Dict[str, Dict[str, Any]] = {
                      stage_norm="none", head_norm="bn", dist_head=0, init="biformer"),
 }
 
-# VAN-B0 (van_tiny): 4.106M / 0.868G
-VAN_B0 = MetaformerArch(
-    stages=tuple(Stage(d, w, "lka", "mlp_dw", r) for d, w, r in
-                 zip((3, 3, 5, 2), (32, 64, 160, 256), (8, 8, 4, 4))),
-    **STYLES["van"])
-# SwiftFormer-XS with its distillation head: 3.475M / 0.605G (3.254M without the head)
-SWIFTFORMER_XS = MetaformerArch(
-    stages=tuple(Stage(d, w, "additive_attention", "mlp", 4.0, conv_blocks=d - 1) for d, w in
-                 zip((3, 3, 6, 4), (48, 56, 112, 220))),
-    **STYLES["swiftformer"])
-# BiFormer-T: 13.143M / 2.228G
-BIFORMER_T = MetaformerArch(
-    stages=tuple(Stage(d, w, "bra", "mlp", 3.0, mixer_kw=bra_kw((56 >> i, 56 >> i), BRA_TOPKS[i]))
-                 for i, (d, w) in enumerate(zip((2, 2, 8, 2), (64, 128, 256, 512)))),
-    **STYLES["biformer"])
+def _van(depths, widths) -> MetaformerArch:
+    return MetaformerArch(stages=tuple(Stage(d, w, "lka", "mlp_dw", r) for d, w, r in
+                                       zip(depths, widths, (8, 8, 4, 4))), **STYLES["van"])
+
+
+def _swiftformer(depths, widths) -> MetaformerArch:
+    return MetaformerArch(stages=tuple(Stage(d, w, "additive_attention", "mlp", 4.0, conv_blocks=d - 1)
+                                       for d, w in zip(depths, widths)), **STYLES["swiftformer"])
+
+
+def _biformer(depths, widths) -> MetaformerArch:
+    return MetaformerArch(stages=tuple(Stage(d, w, "bra", "mlp", 3.0, mixer_kw=bra_kw((56 >> i, 56 >> i), BRA_TOPKS[i]))
+                                       for i, (d, w) in enumerate(zip(depths, widths))), **STYLES["biformer"])
+
+
+# The official configurations (models/van.py van_b0..b3, models/swiftformer.py SwiftFormer_XS..L3,
+# models/biformer.py biformer_tiny/small/base); their published params / fvcore MACs at 224 are
+# in tests/spaces/test_metaformer.py.  SwiftFormer's include the distillation head.
+VAN_B0 = _van((3, 3, 5, 2), (32, 64, 160, 256))  # 4.106M / 0.868G
+VAN_B1 = _van((2, 2, 4, 2), (64, 128, 320, 512))
+VAN_B2 = _van((3, 3, 12, 3), (64, 128, 320, 512))
+VAN_B3 = _van((3, 5, 27, 3), (64, 128, 320, 512))
+SWIFTFORMER_XS = _swiftformer((3, 3, 6, 4), (48, 56, 112, 220))  # 3.475M / 0.605G (3.254M without the head)
+SWIFTFORMER_S = _swiftformer((3, 3, 9, 6), (48, 64, 168, 224))
+SWIFTFORMER_L1 = _swiftformer((4, 3, 10, 5), (48, 96, 192, 384))
+SWIFTFORMER_L3 = _swiftformer((4, 4, 12, 6), (64, 128, 320, 512))
+BIFORMER_T = _biformer((2, 2, 8, 2), (64, 128, 256, 512))  # 13.143M / 2.228G
+BIFORMER_S = _biformer((4, 4, 18, 4), (64, 128, 256, 512))
+BIFORMER_B = _biformer((4, 4, 18, 4), (96, 192, 384, 768))
+PRESETS = {"van_b0": VAN_B0, "van_b1": VAN_B1, "van_b2": VAN_B2, "van_b3": VAN_B3,
+           "swiftformer_xs": SWIFTFORMER_XS, "swiftformer_s": SWIFTFORMER_S, "swiftformer_l1": SWIFTFORMER_L1,
+           "swiftformer_l3": SWIFTFORMER_L3, "biformer_t": BIFORMER_T, "biformer_s": BIFORMER_S,
+           "biformer_b": BIFORMER_B}
 
 
 # -- the space -------------------------------------------------------------------------------
@@ -548,7 +566,7 @@ class MetaformerSpace(SearchSpace):
 
     name = "metaformer"
     arch_cls = MetaformerArch
-    presets = {"van_b0": VAN_B0, "swiftformer_xs": SWIFTFORMER_XS, "biformer_t": BIFORMER_T}
+    presets = PRESETS
     build = staticmethod(build)
     parts = staticmethod(parts)
 

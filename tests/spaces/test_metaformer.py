@@ -20,6 +20,10 @@ def n_params(m):
 # modules.md [M]: params / fvcore MACs of the official code at 224x224
 PUBLISHED = {"van_b0": (4.106e6, 0.868e9), "swiftformer_xs": (3.475e6, 0.605e9),
              "biformer_t": (13.143e6, 2.228e9)}
+# the official READMEs' tables (rounded to 0.1M and 0.1G): VAN-Classification, SwiftFormer, BiFormer
+README = {"van_b1": (13.9e6, 2.5e9), "van_b2": (26.6e6, 5.0e9), "van_b3": (44.8e6, 9.0e9),
+          "swiftformer_s": (6.1e6, 1.0e9), "swiftformer_l1": (12.1e6, 1.6e9), "swiftformer_l3": (28.5e6, 4.0e9),
+          "biformer_s": (25.5e6, 4.5e9), "biformer_b": (56.8e6, 9.8e9)}
 
 
 @pytest.mark.parametrize("name", PUBLISHED)
@@ -34,6 +38,15 @@ def test_presets_reproduce_published_figures_and_parts_add_up(name):
     assert not fca.unsupported_ops(), dict(fca.unsupported_ops())
     assert abs(total / macs - 1) < 0.03
     assert flops.PartCounter().total(space.parts(arch)) == total
+
+
+@pytest.mark.parametrize("name", README)
+def test_larger_presets_match_the_readme_tables(name):
+    """Params within 1% and fvcore multiply-adds within 3% of the rounded README figures."""
+    arch = space.preset(name)
+    params, macs = README[name]
+    assert abs(n_params(space.build(arch)) / params - 1) < 0.01
+    assert abs(flops.PartCounter().total(space.parts(arch)) / macs - 1) < 0.03
 
 
 def test_swiftformer_count_includes_the_distillation_head():
