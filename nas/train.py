@@ -45,8 +45,8 @@ class Trainer:
                   dynamic_ncols=True, leave=False) as bar:
             for _ in range(epochs):
                 net.train()
-                if hasattr(net, "drop_path_prob"):  # DARTS ramps drop-path linearly over training
-                    net.drop_path_prob = self.drop_path * self.epochs_done / self.total_epochs
+                if hasattr(net, "set_drop_path"):  # DARTS ramps it over training, MetaFormers over depth
+                    net.set_drop_path(self.drop_path, self.epochs_done / self.total_epochs)
                 loss_sum = seen = 0
                 for x, y in self.batches:
                     x = x.to(self.device, memory_format=self.memory_format)
@@ -91,7 +91,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--batch-size", type=int, default=96, help="DARTS' value")
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--weight-decay", type=float, default=3e-4)
-    p.add_argument("--drop-path", type=float, default=0.0, help="DARTS uses 0.2 for 600 epochs")
+    p.add_argument("--drop-path", type=float, default=None,
+                   help="stochastic depth; default: the family's official recipe (VAN 0.1-0.2, BiFormer 0.1-0.15, "
+                        "SwiftFormer 0; DARTS 0 here, its 0.2 is for 600 epochs)")
     p.add_argument("--val-fraction", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
@@ -108,14 +110,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"note: the architecture was counted at {tuple(arch.input_size)}; training and testing at the "
               f"data's {tuple(ds.input_size)}", file=sys.stderr)
     splits = Splits.make(ds, a.batch_size, a.val_fraction, a.seed, calib_batches=1)
+    drop_path = a.drop_path if a.drop_path is not None else space.SPACES[arch.space].recipe_drop_path(arch)
     t0 = time.time()
     device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
-    res = train(arch, splits, a.epochs, a.lr, a.weight_decay, a.drop_path, a.seed, progress=not a.quiet, device=device)
+    res = train(arch, splits, a.epochs, a.lr, a.weight_decay, drop_path, a.seed, progress=not a.quiet, device=device)
     net = res["net"].cpu()
     out = {"arch_file": a.arch, "arch_hash": arch.arch_hash, "data": ds.describe(), "epochs": a.epochs,
            "test_acc": res["test_acc"], "val_acc": res["val_acc"], "params": params(net),
            "flops": count(net, [(1, *arch.input_size)]), "seconds": round(time.time() - t0, 1),
-           "history": res["history"], "seed": a.seed}
+           "history": res["history"], "seed": a.seed, "drop_path": drop_path}
     if a.out:
         path = Path(a.out)
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -98,6 +98,12 @@ class SearchSpace:
         raise NotImplementedError
 
     @staticmethod
+    def recipe_drop_path(arch: ArchBase) -> float:
+        """The stochastic-depth rate ``nas.train`` uses unless told (the family's official
+        recipe where it has one for this schedule; DARTS' 0.2 is for 600 epochs, so 0 here)."""
+        return 0.0
+
+    @staticmethod
     def build(arch: ArchBase, deploy: bool = True) -> nn.Module:
         raise NotImplementedError
 

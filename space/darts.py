@@ -26,7 +26,7 @@ from .base import Part, SearchSpace, make_op, part_key
 from .choice import Choice
 from .ops import deploy as deploy_ops
 from .ops.base import WithState, link_state, stateful_key
-from .ops.common import FactorizedReduce, ReLUConvBN
+from .ops.common import FactorizedReduce, ReLUConvBN, drop_path
 from .registries import FUSIONS, OPS, SPACES
 
 STEPS = 4  # intermediate nodes per cell, as DARTS
@@ -153,13 +153,6 @@ class Head(nn.Module):
         return self.classifier(torch.flatten(self.global_pooling(x), 1))
 
 
-def drop_path(x: torch.Tensor, p: float) -> torch.Tensor:
-    """DARTS' per-sample path dropout (training only)."""
-    keep = 1.0 - p
-    mask = torch.empty(x.size(0), 1, 1, 1, device=x.device, dtype=x.dtype).bernoulli_(keep)
-    return x / keep * mask
-
-
 class DartsCell(nn.Module):
     def __init__(self, cell: Cell, layer: _Layer):
         super().__init__()
@@ -194,12 +187,16 @@ class DartsNetwork(nn.Module):
         c_in, h, w = arch.input_size
         C_stem, layers, C_last = plan(arch.channels, arch.cells, (h, w),
                                       len(arch.normal.concat), len(arch.reduce.concat))
-        self.drop_path_prob = 0.0  # set by the trainer; DARTS uses 0.2 ramped over training
+        self.drop_path_prob = 0.0  # set_drop_path: DARTS uses 0.2, ramped over training
         self.stem = _stem(c_in, C_stem)
         self.cells = nn.ModuleList(DartsCell(arch.reduce if l.reduction else arch.normal, l) for l in layers)
         self.reductions = [l.reduction for l in layers]
         self.head = Head(C_last, arch.num_classes)
         self.state = link_state(self)
+
+    def set_drop_path(self, rate: float, progress: float) -> None:
+        """DARTS' schedule: every edge but skips drops with ``rate`` x the training progress."""
+        self.drop_path_prob = rate * progress
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.state.clear()

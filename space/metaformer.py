@@ -66,6 +66,7 @@ from .arch import ArchBase, ArchError
 from .base import Part, SearchSpace, part_key, split_names
 from .ops import deploy as deploy_ops
 from .ops.adaptformer import Adapter
+from .ops.common import drop_path, linear_rates
 from .ops.swiftformer import ConvEncoder, LocalRepresentation
 from .registries import CHANNEL_MIXERS, SPACES, TOKEN_MIXERS
 
@@ -172,10 +173,12 @@ class TokenSub(nn.Module):
         self.norm = make_norm(norm, dim)
         self.mixer = TOKEN_MIXERS[mixer](dim, **kw)
         self.layer_scale = _scale(dim, layer_scale)
+        self.drop_prob = 0.0  # stochastic depth of the branch (MetaformerNet.set_drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.mixer(self.norm(x))
-        return x + (y if self.layer_scale is None else self.layer_scale * y)
+        y = y if self.layer_scale is None else self.layer_scale * y
+        return x + drop_path(y, self.drop_prob, self.training)
 
 
 class ChannelSub(nn.Module):
@@ -188,6 +191,7 @@ class ChannelSub(nn.Module):
         self.mixer = CHANNEL_MIXERS[mixer](dim, mlp_ratio)
         self.layer_scale = _scale(dim, layer_scale)
         self.reads_residual = bool(getattr(self.mixer, "reads_residual", False))
+        self.drop_prob = 0.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.norm(x)
@@ -196,7 +200,7 @@ class ChannelSub(nn.Module):
             y = self.layer_scale * y
         if self.reads_residual:
             y = y + self.mixer.side(x)
-        return x + y
+        return x + drop_path(y, self.drop_prob, self.training)
 
 
 class CPE(nn.Module):
@@ -470,6 +474,19 @@ class MetaformerNet(nn.Module):
         self.reads = [s.reads for s in steps]
         init_weights(self, arch.init)
 
+    def set_drop_path(self, rate: float, progress: float = 0.0) -> None:
+        """Stochastic depth as the official recipes: the rate rises linearly over the blocks
+        (a ConvEncoder, or a token + channel sub-block pair), constant over training."""
+        blocks: List[List[nn.Module]] = []
+        for m in self.layers:
+            if isinstance(m, (ConvEncoder, TokenSub)):
+                blocks.append([m])
+            elif isinstance(m, ChannelSub):
+                blocks[-1].append(m) if blocks else blocks.append([m])
+        for p, block in zip(linear_rates(rate, len(blocks)), blocks):
+            for m in block:
+                m.drop_prob = p
+
     def forward(self, x):
         feats = []
         for i, (layer, reads) in enumerate(zip(self.layers, self.reads)):
@@ -540,6 +557,23 @@ PRESETS = {"van_b0": VAN_B0, "van_b1": VAN_B1, "van_b2": VAN_B2, "van_b3": VAN_B
            "swiftformer_xs": SWIFTFORMER_XS, "swiftformer_s": SWIFTFORMER_S, "swiftformer_l1": SWIFTFORMER_L1,
            "swiftformer_l3": SWIFTFORMER_L3, "biformer_t": BIFORMER_T, "biformer_s": BIFORMER_S,
            "biformer_b": BIFORMER_B}
+# Stochastic-depth rates of the official training recipes: VAN's train.sh (0.1, 0.1, 0.1, 0.2 for
+# B0..B3), SwiftFormer's main.py (sets none: the model's default 0), BiFormer's main.py default
+# (0.1, T) and README command (0.15, S; B's is unstated, so S's).  A searched architecture gets
+# its style's smallest model's rate.
+DROP_PATH = {"van_b0": 0.1, "van_b1": 0.1, "van_b2": 0.1, "van_b3": 0.2, "swiftformer_xs": 0.0,
+             "swiftformer_s": 0.0, "swiftformer_l1": 0.0, "swiftformer_l3": 0.0, "biformer_t": 0.1,
+             "biformer_s": 0.15, "biformer_b": 0.15}
+STYLE_DROP_PATH = {"van": 0.1, "swiftformer": 0.0, "biformer": 0.1}
+
+
+def recipe_drop_path(arch: MetaformerArch) -> float:
+    """The official recipe's stochastic depth for ``arch`` (see ``DROP_PATH``)."""
+    for name, p in PRESETS.items():
+        if [(s.depth, s.width, s.token_mixer) for s in p.stages] == \
+                [(s.depth, s.width, s.token_mixer) for s in arch.stages] and p.init == arch.init:
+            return DROP_PATH[name]
+    return STYLE_DROP_PATH.get(arch.init, 0.0)
 
 
 # -- the space -------------------------------------------------------------------------------
@@ -567,6 +601,7 @@ class MetaformerSpace(SearchSpace):
     name = "metaformer"
     arch_cls = MetaformerArch
     presets = PRESETS
+    recipe_drop_path = staticmethod(recipe_drop_path)
     build = staticmethod(build)
     parts = staticmethod(parts)
 

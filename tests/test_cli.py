@@ -124,12 +124,15 @@ def test_train_an_exported_arch(runs, capsys):
     from nas.train import main as train_main
 
     _, out = runs[0]
-    rc = train_main([str(out / "best.json"), "--data", "digits", "--epochs", "1", "--quiet", "--batch-size", "256"])
+    res = out / "trained" / "result.json"
+    rc = train_main([str(out / "best.json"), "--data", "digits", "--epochs", "1", "--quiet", "--batch-size", "256",
+                     "--out", str(res)])
     assert rc == 0
     line = capsys.readouterr().out
     assert "test accuracy:" in line
     acc = float(line.split("test accuracy:")[1].split()[0])
     assert 0.0 <= acc <= 1.0
+    assert json.loads(res.read_text())["drop_path"] == 0.0  # DARTS' recipe rate is for 600 epochs
 
 
 def test_a_proxy_run_says_what_its_score_is_and_how_far_to_trust_it(tmp_path, capsys):

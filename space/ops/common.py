@@ -16,6 +16,23 @@ from torch import nn
 from ..registries import ATTENTIONS, DW_CONVS, OPS
 
 
+def drop_path(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    """Per-sample path dropout (stochastic depth, Huang et al. arXiv 1603.09382), as DARTS and
+    timm apply it: in training, each sample's branch is zeroed with probability ``p`` and the
+    kept ones scaled by 1 / (1 - p)."""
+    if not training or p <= 0.0:
+        return x
+    keep = 1.0 - p
+    mask = torch.empty(x.size(0), *([1] * (x.dim() - 1)), device=x.device, dtype=x.dtype).bernoulli_(keep)
+    return x / keep * mask
+
+
+def linear_rates(rate: float, n: int) -> list:
+    """Stochastic depth rising linearly from 0 at the first block to ``rate`` at the last
+    (``torch.linspace(0, rate, n)`` in VAN, SwiftFormer and BiFormer)."""
+    return [rate * i / (n - 1) if n > 1 else 0.0 for i in range(n)]
+
+
 class ReLUConvBN(nn.Sequential):
     """DARTS' ReLU -> Conv -> BN (its preprocessing and projection unit)."""
 

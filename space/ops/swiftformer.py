@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registries import TOKEN_MIXERS
+from .common import drop_path
 
 
 class EfficientAdditiveAttention(nn.Module):
@@ -88,11 +89,12 @@ class LocalRepresentation(nn.Module):
         self.act = nn.GELU()
         self.pwconv2 = nn.Conv2d(dim, dim, 1)
         self.layer_scale = nn.Parameter(torch.ones(dim, 1, 1))
+        self.drop_prob = 0.0  # stochastic depth of the branch, set by the network's set_drop_path
         _trunc_normal_convs(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.pwconv2(self.act(self.pwconv1(self.norm(self.dwconv(x)))))
-        return x + self.layer_scale * y
+        return x + drop_path(self.layer_scale * y, self.drop_prob, self.training)
 
 
 class ConvEncoder(nn.Module):

@@ -306,3 +306,30 @@ def test_width_map_is_proportional_and_refuses_collisions():
     assert width_map([32, 48, 64], 16) == {32: 8, 48: 12, 64: 16}
     with pytest.raises(ValueError, match="too narrow"):
         width_map([60, 62, 64], 8)
+
+
+def test_stochastic_depth_rises_over_blocks_and_follows_the_recipes():
+    net = M.build(M.VAN_B0, deploy=False)
+    net.set_drop_path(0.1)
+    subs = [m for m in net.modules() if isinstance(m, (M.TokenSub, M.ChannelSub))]
+    rates = [m.drop_prob for m in subs]
+    assert rates[0] == rates[1] == 0.0 and rates[-1] == rates[-2] == pytest.approx(0.1)
+    assert len(set(rates)) == sum(s.depth for s in M.VAN_B0.stages)  # one rate per block
+    assert rates == sorted(rates)
+    assert [M.recipe_drop_path(p) for p in (M.VAN_B0, M.VAN_B3, M.SWIFTFORMER_L1, M.BIFORMER_S)] == [0.1, 0.2, 0.0, 0.15]
+    sw = M.build(M.SWIFTFORMER_XS, deploy=False)
+    sw.set_drop_path(0.2)
+    convs = [m for m in sw.modules() if isinstance(m, M.ConvEncoder)]
+    assert convs[0].drop_prob == 0.0 and 0 < convs[-1].drop_prob < 0.2
+
+
+def test_stochastic_depth_drops_whole_branches_in_training_only():
+    torch.manual_seed(0)
+    sub = M.TokenSub(8, "dwconv_mixer", {}, "none", 0.0)
+    x = torch.randn(64, 8, 4, 4)
+    sub.drop_prob = 0.5
+    sub.train()
+    kept = (sub(x) - x).flatten(1).abs().sum(1) > 0
+    assert 10 < int(kept.sum()) < 54  # about half the samples keep their branch
+    sub.eval()
+    torch.testing.assert_close(sub(x), x + sub.mixer(x))
