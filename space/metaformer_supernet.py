@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from .choice import Choice
-from .metaformer import (BRA_TOPKS, ChannelSub, Head, LayerNorm2d, MetaformerArch, NeckClassifier, Stage, TokenSub,
-                         adapted_stem_stride, bra_kw, init_weights, make_downsample, make_local, make_stem,
-                         neck_inputs, stage_resolutions)
+from .metaformer_blocks import (ChannelSub, Head, LayerNorm2d, NeckClassifier, TokenSub, init_weights, make_downsample,
+                                make_local, make_stem, neck_inputs)
+from .metaformer_plan import BRA_TOPKS, MetaformerArch, MetaformerNet, Stage, adapted_stem_stride, bra_kw, stage_resolutions
 from .ops.swiftformer import ConvEncoder
 from .sliced import Sliced
 
@@ -191,8 +191,6 @@ class MetaformerSupernet(nn.Module):
     def subnet(self, arch: MetaformerArch) -> nn.Module:
         """The stand-alone (undeployed) network of ``subnet_arch(arch)`` with the weights it
         inherits from this supernet: the module order follows ``space.metaformer.plan``."""
-        from .metaformer import MetaformerNet
-
         self.set_active(arch)
         modules: List[Sliced] = [self.stem]
         for i, (positions, norm) in enumerate(zip(self.stages, self.stage_norms)):

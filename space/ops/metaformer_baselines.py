@@ -18,7 +18,7 @@ Registered:
 
 Hidden width is ``int(dim * mlp_ratio)`` as the official code.  Dropout is 0 in all the
 published classification configs, so the MLPs have none.  Norms and residuals belong to the
-block (``space/metaformer.py``), not to the mixers.
+block (``space/metaformer_blocks.py``), not to the mixers.
 """
 from __future__ import annotations
 

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 import space
+import space.metaformer_blocks
 from nas import flops
 from space import metaformer as M
 from space.registry import Registry
@@ -213,7 +214,7 @@ class _ToyNeck(nn.Module):
 def test_neck_plumbing_parts_exact_and_supernet(monkeypatch):
     reg = Registry("neck", "toy")
     reg.register("toy_neck", _ToyNeck, inputs=3)
-    monkeypatch.setattr(M, "neck_registry", lambda: reg)
+    monkeypatch.setattr(space.metaformer_blocks, "neck_registry", lambda: reg)
     sp = space.get_space("metaformer", style="van", necks=["none", "toy_neck"], neck_width=32,
                          input_size=(3, 64, 64), num_classes=10)
     arch = sp.decode({**{k: v[0] for k, v in sp.choices().items()}, "neck": "toy_neck"})
