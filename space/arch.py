@@ -22,9 +22,16 @@ class ArchError(ValueError):
     """An architecture file or value that does not describe a buildable network."""
 
 
+def added_field(default: Any) -> Any:
+    """A field added after architectures were stored: written only where it differs from its
+    default, so that every stored architecture keeps its JSON and its hash."""
+    return dataclasses.field(default=default, metadata={"omit_default": True})
+
+
 def _to_jsonable(v: Any) -> Any:
     if dataclasses.is_dataclass(v):
-        return {f.name: _to_jsonable(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        return {f.name: _to_jsonable(getattr(v, f.name)) for f in dataclasses.fields(v)
+                if not (f.metadata.get("omit_default") and getattr(v, f.name) == f.default)}
     if isinstance(v, (tuple, list)):
         return [_to_jsonable(x) for x in v]
     return v

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import functools
 import itertools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from .arch import ArchBase, ArchError
+from .arch import ArchBase, ArchError, added_field
 from .base import Part, SearchSpace, make_op, part_key
 from .choice import Choice
 from .ops import deploy as deploy_ops
@@ -31,6 +31,7 @@ from .registries import FUSIONS, OPS, SPACES
 
 STEPS = 4  # intermediate nodes per cell, as DARTS
 STEM_MULTIPLIER = 3
+STEMS = ("cifar", "imagenet")
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,7 @@ class DartsArch(ArchBase):
     cells: int = 20  # DARTS CIFAR: 20
     input_size: Tuple[int, int, int] = (3, 32, 32)
     num_classes: int = 10
+    stem: str = added_field("cifar")  # "cifar": 3x3 conv to 3C; "imagenet": NetworkImageNet's two stems (/8)
 
     def validate(self) -> None:
         for name, cell in (("normal", self.normal), ("reduce", self.reduce)):
@@ -70,6 +72,8 @@ class DartsArch(ArchBase):
                     raise ArchError(f"{name}: {FUSIONS.unknown_message(c)}")
             if not cell.concat or any(not 0 <= j < steps + 2 for j in cell.concat):
                 raise ArchError(f"{name}: concat {cell.concat} names states outside 0..{steps + 1}")
+        if self.stem not in STEMS:
+            raise ArchError(f"stem must be one of {', '.join(STEMS)}; got {self.stem!r}")
         if self.channels < 2 or self.cells < 1 or self.num_classes < 1:
             raise ArchError("channels >= 2, cells >= 1 and num_classes >= 1 are required")
         if len(self.input_size) != 3 or min(self.input_size) < 1:
@@ -92,6 +96,13 @@ DARTS_V2 = DartsArch(
                       ("max_pool_3x3", 0), ("skip_connect", 2), ("skip_connect", 2), ("max_pool_3x3", 1)]))
 
 
+# NetworkImageNet as DARTS trains it on ImageNet (train_imagenet.py: C=48, 14 cells, 224x224)
+DARTS_V1_IMAGENET = replace(DARTS_V1, channels=48, cells=14, input_size=(3, 224, 224), num_classes=1000,
+                            stem="imagenet")
+DARTS_V2_IMAGENET = replace(DARTS_V2, channels=48, cells=14, input_size=(3, 224, 224), num_classes=1000,
+                            stem="imagenet")  # paper: 4.7M params, 574M multiply-adds
+
+
 # -- the network, described once as a plan that both the builder and the parts follow -----
 
 @dataclass(frozen=True)
@@ -112,13 +123,19 @@ def _half(hw: Tuple[int, int]) -> Tuple[int, int]:
 
 
 def plan(C: int, layers: int, hw: Tuple[int, int], concat_normal: int = STEPS,
-         concat_reduce: int = STEPS) -> Tuple[int, List[_Layer], int]:
-    """(stem channels, per-cell layout, channels into the head), as DARTS' NetworkCIFAR."""
-    C_curr = STEM_MULTIPLIER * C
-    C_stem = C_curr
-    C_pp, C_p, C_curr = C_curr, C_curr, C
-    hw_pp = hw_p = hw
-    reduction_prev = False
+         concat_reduce: int = STEPS, stem: str = "cifar") -> Tuple[int, List[_Layer], int]:
+    """(stem channels, per-cell layout, channels into the head), as DARTS' NetworkCIFAR, or with
+    ``stem="imagenet"`` NetworkImageNet: stem0 (/4, C channels) feeds the first cell's input 0
+    through a FactorizedReduce, stem1 (/8) its input 1."""
+    if stem == "imagenet":
+        C_stem, C_pp, C_p, C_curr = C, C, C, C
+        hw_pp, hw_p = _half(_half(hw)), _half(_half(_half(hw)))
+        reduction_prev = True
+    else:
+        C_stem = C_pp = C_p = STEM_MULTIPLIER * C
+        C_curr = C
+        hw_pp = hw_p = hw
+        reduction_prev = False
     out: List[_Layer] = []
     for i in range(layers):
         reduction = i in (layers // 3, 2 * layers // 3)
@@ -135,6 +152,17 @@ def plan(C: int, layers: int, hw: Tuple[int, int], concat_normal: int = STEPS,
 
 def _stem(C_in: int, C_out: int) -> nn.Module:
     return nn.Sequential(nn.Conv2d(C_in, C_out, 3, padding=1, bias=False), nn.BatchNorm2d(C_out))
+
+
+def _stem0(C_in: int, C: int) -> nn.Module:
+    """NetworkImageNet's stem0: two 3x3 stride-2 convs (C/2, then C) with BN, ReLU between."""
+    return nn.Sequential(nn.Conv2d(C_in, C // 2, 3, 2, 1, bias=False), nn.BatchNorm2d(C // 2), nn.ReLU(),
+                         nn.Conv2d(C // 2, C, 3, 2, 1, bias=False), nn.BatchNorm2d(C))
+
+
+def _stem1(C: int) -> nn.Module:
+    """NetworkImageNet's stem1: ReLU, 3x3 stride-2 conv, BN."""
+    return nn.Sequential(nn.ReLU(), nn.Conv2d(C, C, 3, 2, 1, bias=False), nn.BatchNorm2d(C))
 
 
 def _preprocess0(layer: _Layer) -> nn.Module:
@@ -186,9 +214,12 @@ class DartsNetwork(nn.Module):
         super().__init__()
         c_in, h, w = arch.input_size
         C_stem, layers, C_last = plan(arch.channels, arch.cells, (h, w),
-                                      len(arch.normal.concat), len(arch.reduce.concat))
+                                      len(arch.normal.concat), len(arch.reduce.concat), arch.stem)
         self.drop_path_prob = 0.0  # set_drop_path: DARTS uses 0.2, ramped over training
-        self.stem = _stem(c_in, C_stem)
+        if arch.stem == "imagenet":
+            self.stem0, self.stem1 = _stem0(c_in, C_stem), _stem1(C_stem)
+        else:
+            self.stem = _stem(c_in, C_stem)
         self.cells = nn.ModuleList(DartsCell(arch.reduce if l.reduction else arch.normal, l) for l in layers)
         self.reductions = [l.reduction for l in layers]
         self.head = Head(C_last, arch.num_classes)
@@ -200,7 +231,11 @@ class DartsNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.state.clear()
-        s0 = s1 = self.stem(x)
+        if hasattr(self, "stem0"):
+            s0 = self.stem0(x)
+            s1 = self.stem1(s0)
+        else:
+            s0 = s1 = self.stem(x)
         for cell, reduction in zip(self.cells, self.reductions):
             if reduction:
                 self.state.clear()  # a new stage starts a new attention chain
@@ -251,9 +286,15 @@ def fusion_part(name: str, C: int, hw: Tuple[int, int]) -> Part:
                 (shape, shape), _deployed(lambda: FUSIONS[name](C)))
 
 
-def _stem_part(c_in: int, C: int, hw) -> Part:
-    return Part(part_key("darts_stem", cin=c_in, cout=C, hw=f"{hw[0]}x{hw[1]}"), "stem",
-                ((1, c_in, *hw),), _deployed(lambda: _stem(c_in, C)))
+def _stem_parts(stem: str, c_in: int, C: int, hw) -> List[Part]:
+    if stem == "cifar":
+        return [Part(part_key("darts_stem", cin=c_in, cout=C, hw=f"{hw[0]}x{hw[1]}"), "stem",
+                     ((1, c_in, *hw),), _deployed(lambda: _stem(c_in, C)))]
+    h4 = _half(_half(hw))
+    return [Part(part_key("darts_stem0", cin=c_in, cout=C, hw=f"{hw[0]}x{hw[1]}"), "stem",
+                 ((1, c_in, *hw),), _deployed(lambda: _stem0(c_in, C))),
+            Part(part_key("darts_stem1", c=C, hw=f"{h4[0]}x{h4[1]}"), "stem",
+                 ((1, C, *h4),), _deployed(lambda: _stem1(C)))]
 
 
 @_memo
@@ -277,8 +318,8 @@ def parts(arch: DartsArch) -> List[Part]:
     """The deployed network as Parts, in execution order (costs add up exactly)."""
     c_in, h, w = arch.input_size
     C_stem, layers, C_last = plan(arch.channels, arch.cells, (h, w),
-                                  len(arch.normal.concat), len(arch.reduce.concat))
-    out = [_stem_part(c_in, C_stem, (h, w))]
+                                  len(arch.normal.concat), len(arch.reduce.concat), arch.stem)
+    out = _stem_parts(arch.stem, c_in, C_stem, (h, w))
     chain: set = set()
     for layer in layers:
         cell = arch.reduce if layer.reduction else arch.normal
@@ -394,17 +435,24 @@ class DartsSpace(SearchSpace):
     candidate, random cells at 36 channels count 0.76-2.7G multiply-adds (DARTS-V2 itself 0.54G),
     so the toolkit's headline budget of 300M would reject nearly all of them; at 16 channels
     about 40% of random cells fit (DARTS-V2 counts 120M).  ``channels=36`` gives DARTS' size.
+    ``stem="imagenet"`` (with ``channels=48, cells=14, input_size=3,224,224``) is DARTS'
+    NetworkImageNet; the supernet keeps the CIFAR stem at the data's resolution.
     """
     name = "darts"
     arch_cls = DartsArch
     classes_from_data = True  # deployed with the data's class count; input size stays CIFAR's unless set
-    presets = {"darts_v1": DARTS_V1, "darts_v2": DARTS_V2}
+    presets = {"darts_v1": DARTS_V1, "darts_v2": DARTS_V2, "darts_v1_imagenet": DARTS_V1_IMAGENET,
+               "darts_v2_imagenet": DARTS_V2_IMAGENET}
     build = staticmethod(build)
     parts = staticmethod(parts)
 
     def __init__(self, ops: Optional[Sequence[str]] = None, fusions: Optional[Sequence[str]] = None,
                  channels: int = 16, cells: int = 20, input_size: Sequence[int] = (3, 32, 32),
-                 num_classes: int = 10, supernet_channels: int = 16, supernet_cells: int = 8):
+                 num_classes: int = 10, supernet_channels: int = 16, supernet_cells: int = 8,
+                 stem: str = "cifar"):
+        if stem not in STEMS:
+            raise ValueError(f"stem must be one of {', '.join(STEMS)}; got {stem!r}")
+        self.stem = stem
         self.ops = OPS.check(ops if ops is not None else DEFAULT_OPS)
         self.fusions = FUSIONS.check(fusions if fusions is not None else DEFAULT_FUSIONS)
         if not self.ops or not self.fusions:
@@ -418,7 +466,9 @@ class DartsSpace(SearchSpace):
         return {"space": self.name, "ops": list(self.ops), "fusions": list(self.fusions),
                 "channels": self.channels, "cells": self.cells, "input_size": list(self.input_size),
                 "num_classes": self.num_classes, "supernet_channels": self.supernet_channels,
-                "supernet_cells": self.supernet_cells}
+                "supernet_cells": self.supernet_cells,
+                # a setting added later: written only when set, so that tables built before it match
+                **({"stem": self.stem} if self.stem != "cifar" else {})}
 
     def choices(self) -> Dict[str, List[Any]]:
         out: Dict[str, List[Any]] = {}
@@ -440,7 +490,7 @@ class DartsSpace(SearchSpace):
                 combine.append(params[f"{cell}_n{i}_combine"])
             cells[cell] = Cell(edges=tuple(edges), combine=tuple(combine))
         arch = DartsArch(normal=cells["normal"], reduce=cells["reduce"], channels=self.channels,
-                         cells=self.cells, input_size=self.input_size, num_classes=self.num_classes)
+                         cells=self.cells, input_size=self.input_size, num_classes=self.num_classes, stem=self.stem)
         arch.validate()
         return arch
 
@@ -463,7 +513,7 @@ class DartsSpace(SearchSpace):
 
     def all_parts(self) -> Iterator[Part]:
         c_in, h, w = self.input_size
-        C_stem, layers, C_last = plan(self.channels, self.cells, (h, w))
+        C_stem, layers, C_last = plan(self.channels, self.cells, (h, w), stem=self.stem)
         seen = set()
 
         def new(p: Part) -> bool:
@@ -472,7 +522,8 @@ class DartsSpace(SearchSpace):
             seen.add(p.key)
             return True
 
-        candidates = [_stem_part(c_in, C_stem, (h, w)), _head_part(C_last, self.num_classes, layers[-1].hw_out)]
+        candidates = [*_stem_parts(self.stem, c_in, C_stem, (h, w)),
+                      _head_part(C_last, self.num_classes, layers[-1].hw_out)]
         for layer in layers:
             candidates += _pre_parts(layer)
             for name in self.ops:

@@ -7,6 +7,7 @@ import torch
 import space
 from nas import flops
 from space.darts import DARTS_V1, DARTS_V2, Cell, DartsArch, DartsSpace
+from space.ops.common import FactorizedReduce
 
 DARTS_OPS = ["none", "skip_connect", "max_pool_3x3", "avg_pool_3x3", "sep_conv_3x3", "sep_conv_5x5",
              "dil_conv_3x3", "dil_conv_5x5"]
@@ -19,6 +20,31 @@ def test_darts_v2_published_params_and_macs():
     by_op = fca.by_operator()
     assert round((by_op["conv"] + by_op["linear"]) / 1e6) == 528  # [M] conv+linear MACs at 32x32
     assert not fca.unsupported_ops()
+
+
+def test_darts_v2_imagenet_network_matches_the_paper():
+    """DARTS' NetworkImageNet (C=48, 14 cells, 224x224): paper 4.7M params, 574M multiply-adds.
+    fvcore counts 539M (conv + linear); the paper's counter is not published, so 7% is allowed."""
+    arch = space.preset("darts_v2_imagenet")
+    net = space.build(arch).eval()
+    assert abs(flops.params(net) / 4.7e6 - 1) < 0.01
+    macs = flops.count(net, [(1, 3, 224, 224)])
+    assert abs(macs / 574e6 - 1) < 0.07
+    assert flops.PartCounter().total(space.parts(arch)) == macs
+    assert net(torch.zeros(1, 3, 224, 224)).shape == (1, 1000)
+    # the stems leave 28x28 (input 1) and 56x56 (input 0, through a FactorizedReduce) to the first cell
+    assert isinstance(net.cells[0].preprocess0, FactorizedReduce)
+
+
+def test_imagenet_stem_is_a_setting_and_old_archs_keep_their_json():
+    sp = DartsSpace(stem="imagenet", channels=48, cells=14, input_size=(3, 224, 224), num_classes=1000)
+    assert sp.settings()["stem"] == "imagenet" and "stem" not in DartsSpace().settings()
+    arch = sp.sample(random.Random(0))
+    assert arch.stem == "imagenet" and DartsArch.from_json(arch.to_json()) == arch
+    assert {p.key for p in space.parts(arch)} <= {p.key for p in sp.all_parts()}
+    assert "stem" not in DARTS_V2.to_dict()  # written only where it differs from the default
+    with pytest.raises(space.ArchError, match="stem must be"):
+        DartsArch(normal=DARTS_V2.normal, reduce=DARTS_V2.reduce, stem="bogus").validate()
 
 
 def test_darts_v1_params():
