@@ -175,6 +175,27 @@ class Base:
 
 
 BASES: Dict[str, Base] = {"mobilenetv2": Base(MOBILENET_V2), "mobilenext": Base(MOBILENEXT)}
+WIDE_END = 1280  # MobileNetV2's head conv and MobileNeXt's last stage: never narrowed
+
+
+def width_multiplied(arch: MobileArch, mult: float) -> MobileArch:
+    """``arch`` at width multiplier ``mult``, as torchvision's ``mobilenet_v2(width_mult)`` and
+    mnext.py's ``MXNet(width_mult)`` scale it: the stem and every stage to
+    ``make_divisible(c * mult, 8)``, the 1280-wide end kept at 1280 when ``mult < 1``."""
+    if mult == 1:
+        return arch
+
+    def w(c: int) -> int:
+        return c if c == WIDE_END and mult < 1 else make_divisible(c * mult, 8)
+
+    return replace(arch, stem=w(arch.stem), stages=tuple(replace(s, width=w(s.width)) for s in arch.stages),
+                   head_channels=w(arch.head_channels) if arch.head_channels else 0)
+
+
+# The papers' width-multiplier tables (x0.35 .. x1.4); x1.0 is MOBILENET_V2 / MOBILENEXT
+MULTIPLIERS = (35, 50, 75, 140)
+WIDTH_PRESETS = {f"{name}_{m:03d}": width_multiplied(a, m / 100) for name, a in
+                 (("mobilenet_v2", MOBILENET_V2), ("mobilenext", MOBILENEXT)) for m in MULTIPLIERS}
 
 
 # -- the plan both the network and its parts follow --------------------------------------
@@ -425,19 +446,21 @@ def _check_list(name: str, values: Sequence[Any]) -> List[Any]:
 
 @SPACES.register("mobile")
 class MobileSpace(SearchSpace):
-    """Settings (defaults): base "mobilenetv2" | "mobilenext"; block_types (("ir", "sg") on the
+    """Settings (defaults): base "mobilenetv2" | "mobilenext"; base_width 100 (percent: the
+    whole base, stem and first stage included, at the papers' width multiplier, e.g. 140 for
+    x1.4; ``width_multiplied``); block_types (("ir", "sg") on the
     mobilenetv2 base; ("sg",) on mobilenext, whose 960-1600-channel stages would make an
     expanded IR block 5-30x the cost of a sandglass one: pass ("sg", "ir") to offer it);
     kernels (3, 5, 7); expansions (3, 6) (IR expansion / SG reduction); width_mults
     (75, 100, 125) percent of the base widths; depths (1, 2, 3, 4) per searched stage; convs
     (``DEFAULT_CONVS``), attentions (``DEFAULT_ATTENTIONS``), fusions (``DEFAULT_FUSIONS``): explicit
-    lists, so that registering a module never changes a default search; heads ("plain", "genet"); genet_groups 4; input_size (3, 224, 224);
-    num_classes 1000; supernet_width 35 (percent of the deployed widths);
+    lists, so that registering a module never changes a default search; heads ("plain", "genet");
+    genet_groups 4; input_size (3, 224, 224); num_classes 1000; supernet_width 35 (percent of the deployed widths);
     supernet_min_resolution 4 (pixels per side of the supernet's last stage)."""
 
     name = "mobile"
     arch_cls = MobileArch
-    presets = {"mobilenet_v2": MOBILENET_V2, "mobilenext": MOBILENEXT}
+    presets = {"mobilenet_v2": MOBILENET_V2, "mobilenext": MOBILENEXT, **WIDTH_PRESETS}
     build = staticmethod(build)
     parts = staticmethod(parts)
 
@@ -447,7 +470,8 @@ class MobileSpace(SearchSpace):
                  convs: Optional[Sequence[str]] = None, attentions: Optional[Sequence[str]] = None,
                  fusions: Optional[Sequence[str]] = None, heads: Sequence[str] = ("plain", "genet"),
                  genet_groups: int = 4, input_size: Sequence[int] = (3, 224, 224), num_classes: int = 1000,
-                 supernet_width: int = 35, supernet_min_resolution: int = 4, ops: Optional[Sequence[str]] = None):
+                 supernet_width: int = 35, supernet_min_resolution: int = 4, ops: Optional[Sequence[str]] = None,
+                 base_width: int = 100):
         if ops is not None:  # --ops: conv variants and attention plug-ins by name
             picked = split_names(ops, {"convs": DW_CONVS, "attentions": ATTENTIONS},
                                  {"convs": ["plain"], "attentions": ["none"]}, "mobile")
@@ -456,6 +480,9 @@ class MobileSpace(SearchSpace):
         if base not in BASES:
             raise ValueError(f"unknown base {base!r}; known: {', '.join(BASES)}")
         self.base = base
+        if int(base_width) < 1:
+            raise ValueError(f"base_width must be a positive percent, got {base_width}")
+        self.base_width = int(base_width)  # the whole base network scaled as the papers do (x0.35..x1.4)
         if block_types is None:
             block_types = BLOCK_TYPES if base == "mobilenetv2" else ("sg",)
         self.block_types = _check_list("block_types", block_types)
@@ -478,9 +505,9 @@ class MobileSpace(SearchSpace):
         self.num_classes = int(num_classes)
         self.supernet_width, self.supernet_min_resolution = int(supernet_width), int(supernet_min_resolution)
         if "genet" in self.heads:
-            pre = BASES[base].preset
+            pre = self.base_net.preset
             widths = [pre.head_channels] if pre.head_channels else \
-                [self.width(BASES[base].stages[-1][0], m) for m in self.width_mults]
+                [self.width(self.base_net.stages[-1][0], m) for m in self.width_mults]
             widths += [_scaled(c, self.supernet_width) for c in widths]
             if self.genet_groups < 2 or any(c % self.genet_groups for c in widths):
                 raise ValueError(f"genet_groups={self.genet_groups} must be >= 2 and divide the head widths {widths}")
@@ -496,7 +523,14 @@ class MobileSpace(SearchSpace):
                 "attentions": list(self.attentions), "fusions": list(self.fusions), "heads": list(self.heads),
                 "genet_groups": self.genet_groups, "input_size": list(self.input_size),
                 "num_classes": self.num_classes, "supernet_width": self.supernet_width,
-                "supernet_min_resolution": self.supernet_min_resolution}
+                "supernet_min_resolution": self.supernet_min_resolution,
+                # added later: written only when set, so that tables built before it match exactly
+                **({"base_width": self.base_width} if self.base_width != 100 else {})}
+
+    @property
+    def base_net(self) -> Base:
+        """The base network at ``base_width`` (stem, first stage, stage widths, head)."""
+        return Base(width_multiplied(BASES[self.base].preset, self.base_width / 100))
 
     def _slot_options(self) -> Dict[str, List[Any]]:
         return {"type": list(self.block_types), "kernel": list(self.kernels), "expand": list(self.expansions),
@@ -504,7 +538,7 @@ class MobileSpace(SearchSpace):
 
     def choices(self) -> Dict[str, List[Any]]:
         out: Dict[str, List[Any]] = {}
-        for j in range(1, len(BASES[self.base].stages) + 1):
+        for j in range(1, len(self.base_net.stages) + 1):
             out[f"s{j}_width"] = list(self.width_mults)
             out[f"s{j}_depth"] = list(self.depths)
             for i in range(max(self.depths)):
@@ -528,7 +562,7 @@ class MobileSpace(SearchSpace):
         return replace(arch, stages=tuple(replace(st, blocks=tuple(bs)) for st, bs in zip(arch.stages, stages)))
 
     def decode(self, params: Dict[str, Any]) -> MobileArch:
-        base = BASES[self.base]
+        base = self.base_net
         stages = [base.preset.stages[0]]
         for j, (c, _, s) in enumerate(base.stages, 1):
             depth = int(params[f"s{j}_depth"])
@@ -547,7 +581,7 @@ class MobileSpace(SearchSpace):
     def encode(self, arch: MobileArch) -> Dict[str, Any]:
         """Params with ``decode(encode(arch)) == arch`` for archs of this base whose values are
         among the choices and canonical (as ``decode`` returns them; the presets are)."""
-        base = BASES[self.base]
+        base = self.base_net
         fixed = replace(base.preset, stages=(), head="plain", head_groups=1, input_size=self.input_size,
                         num_classes=self.num_classes)
         if replace(arch, stages=(), head="plain", head_groups=1) != fixed \
@@ -584,7 +618,7 @@ class MobileSpace(SearchSpace):
 
     def all_parts(self) -> Iterator[Part]:
         """Every distinct part the choices can produce (stem, fixed stage, searched slots, heads)."""
-        base = BASES[self.base]
+        base = self.base_net
         proto = self.decode({k: v[0] for k, v in self.choices().items()})
         seen = set()
 

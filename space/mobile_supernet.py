@@ -145,7 +145,7 @@ class MobileSupernet(nn.Module):
     def __init__(self, space: "MobileSpace", num_classes: int, input_size: Sequence[int]):
         super().__init__()
         c_in, h, w = input_size
-        base = BASES[space.base].preset
+        base = space.base_net.preset
         self.percent = space.supernet_width
         strides = supernet_strides([STEM_STRIDE] + [st.stride for st in base.stages], (h, w),
                                    space.supernet_min_resolution)
@@ -154,7 +154,7 @@ class MobileSupernet(nn.Module):
         self.stem = make_stem(c_in, max(16, self.stem_active), strides[0])
         # allocated width per stage: the widest option, scaled
         stage_opts = [[st.width] for st in base.stages[:1]] + [
-            [space.width(c, m) for m in space.width_mults] for c, _, _ in BASES[space.base].stages]
+            [space.width(c, m) for m in space.width_mults] for c, _, _ in space.base_net.stages]
         # searched stages get at least 16 channels: attention plug-ins divide channels by 16
         alloc = [max(16 if si else 8, max(_scaled(c, self.percent) for c in opts))
                  for si, opts in enumerate(stage_opts)]

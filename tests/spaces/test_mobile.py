@@ -146,6 +146,47 @@ def test_mobilenext_preset_matches_the_official_code_and_its_parts_add_up():
     assert flops.PartCounter().total(parts(MOBILENEXT)) == total
 
 
+# (params, conv + linear MACs) at 224: MobileNetV2 from TF-slim's mobilenet_v2 README table
+# (MACs exact; TF counts params 1% lower than torchvision's 3,504,872 at x1.0 already);
+# MobileNeXt measured on the official mnext.py MXNet(width_mult) [M] (params, fvcore total)
+MOBILENET_V2_WIDTHS = {"035": (1.66e6, 59e6), "050": (1.95e6, 97e6), "075": (2.61e6, 209e6), "140": (6.06e6, 582e6)}
+MOBILENEXT_WIDTHS = {"035": (1_913_976, 81_323_656), "050": (2_152_304, 111_530_784),
+                     "075": (2_766_168, 220_325_680), "140": (6_126_168, 611_212_056)}
+
+
+@pytest.mark.parametrize("mult", MOBILENET_V2_WIDTHS)
+def test_mobilenet_v2_width_presets_match_the_published_table(mult):
+    arch = space.preset(f"mobilenet_v2_{mult}")
+    net, by_op, total = _figures(arch)
+    params, macs = MOBILENET_V2_WIDTHS[mult]
+    assert flops.params(net) == pytest.approx(params, rel=0.015)
+    assert round((by_op["conv"] + by_op["linear"]) / 1e6) == macs / 1e6
+    assert flops.PartCounter().total(parts(arch)) == total
+    assert arch.stem == {"035": 16, "050": 16, "075": 24, "140": 48}[mult]  # the stem scales too
+
+
+@pytest.mark.parametrize("mult", MOBILENEXT_WIDTHS)
+def test_mobilenext_width_presets_are_the_official_code(mult):
+    arch = space.preset(f"mobilenext_{mult}")
+    net, _, total = _figures(arch)
+    assert (flops.params(net), total) == MOBILENEXT_WIDTHS[mult]
+    assert flops.PartCounter().total(parts(arch)) == total
+    assert arch.stages[-1].width == (1280 if mult != "140" else 1792)  # the wide end is never narrowed
+
+
+def test_base_width_scales_the_whole_base_and_stays_off_the_default_settings():
+    from space.mobile import MOBILENET_V2 as V2, width_multiplied
+
+    sp = MobileSpace(base_width=140)
+    assert sp.settings()["base_width"] == 140 and "base_width" not in MobileSpace().settings()
+    arch = sp.sample(random.Random(0))
+    wide = width_multiplied(V2, 1.4)
+    assert arch.stem == wide.stem == 48 and arch.stages[0] == wide.stages[0]
+    assert arch.head_channels == 1792
+    assert sp.decode(sp.encode(arch)) == arch
+    assert {p.key for p in parts(arch)} <= {p.key for p in sp.all_parts()}
+
+
 # -- parts -----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("base", ["mobilenetv2", "mobilenext"])
