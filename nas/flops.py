@@ -184,20 +184,11 @@ class PartCounter:
             self.traced += 1
         return e
 
-    def part(self, p) -> int:
-        return self._entry(p)[0]
-
     def total(self, parts: Iterable) -> int:
         return sum(self._entry(p)[0] for p in parts)
 
     def params(self, parts: Iterable) -> int:
         return sum(self._entry(p)[1] for p in parts)
-
-    def by_kind(self, parts: Iterable) -> Dict[str, int]:
-        out: Dict[str, int] = {}
-        for p in parts:
-            out[p.kind] = out.get(p.kind, 0) + self.part(p)
-        return out
 
 
 def params(model: nn.Module, trainable_only: bool = True) -> int:

@@ -1,6 +1,6 @@
 """The model side: the op library, the search spaces and how an ``Arch`` becomes a network.
 
-``space.OPS``/``space.FUSIONS`` (and the attention and mixer registries) are the only way the
+``space.OPS``/``space.FUSIONS`` (and the attention and mixer registry) are the only way the
 rest of the project finds components; ``space.build(arch)`` is the only way it builds one.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ from torch import nn
 from . import ops  # noqa: F401  (registers every op module)
 from .arch import ArchBase, ArchError, load_arch
 from .base import Part, SearchSpace
-from .registries import ATTENTIONS, CHANNEL_MIXERS, DW_CONVS, FUSIONS, OPS, SPACES, TOKEN_MIXERS
+from .registry import ATTENTIONS, CHANNEL_MIXERS, DW_CONVS, FUSIONS, HEADS, NECKS, OPS, SPACES, TOKEN_MIXERS
 from .registry import UnknownName
 from . import darts  # noqa: F401  (registers the spaces)
 
@@ -49,6 +49,6 @@ def preset(name: str) -> ArchBase:
     raise UnknownName(f"unknown preset {name!r}; known: {', '.join(known)}")
 
 
-__all__ = ["OPS", "FUSIONS", "ATTENTIONS", "TOKEN_MIXERS", "CHANNEL_MIXERS", "DW_CONVS", "SPACES", "Arch",
+__all__ = ["OPS", "FUSIONS", "ATTENTIONS", "TOKEN_MIXERS", "CHANNEL_MIXERS", "DW_CONVS", "NECKS", "HEADS", "SPACES", "Arch",
            "ArchBase", "ArchError", "Part", "SearchSpace", "build", "parts", "load_arch",
            "get_space", "preset", "UnknownName"]

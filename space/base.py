@@ -8,6 +8,7 @@ from typing import Any, Callable, ClassVar, Dict, Iterable, List, Sequence, Tupl
 from torch import nn
 
 from .arch import ArchBase
+from .registry import OPS, UnknownName
 
 
 @dataclass(frozen=True)
@@ -29,8 +30,6 @@ class Part:
 def make_op(name: str, C_in: int, C_out: int, stride: int, hw: Tuple[int, int], **kw: Any) -> nn.Module:
     """``OPS[name](C_in, C_out, stride)``, passing ``resolution=H`` to ops whose registry meta
     asks for it (PyConv picks its pyramid levels per stage, as PyConvResNet does)."""
-    from .registries import OPS
-
     if OPS.meta(name).get("resolution"):
         kw.setdefault("resolution", hw[0])
     return OPS[name](C_in, C_out, stride, **kw)
@@ -46,7 +45,6 @@ def split_names(names: Sequence[str], slots: Dict[str, Any], always: Dict[str, S
         hits = [k for k, reg in slots.items() if n in reg]
         if not hits:
             valid = sorted({m for reg in slots.values() for m in reg.names()})
-            from .registry import UnknownName
             raise UnknownName(f"{n!r} is not a candidate of the {space} space's slots "
                               f"({', '.join(slots)}); choose from: {', '.join(valid)}")
         for k in hits:

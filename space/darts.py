@@ -27,7 +27,7 @@ from .choice import Choice
 from .ops import deploy as deploy_ops
 from .ops.base import WithState, link_state, stateful_key
 from .ops.common import FactorizedReduce, ReLUConvBN, drop_path
-from .registries import FUSIONS, OPS, SPACES
+from .registry import FUSIONS, OPS, SPACES
 
 STEPS = 4  # intermediate nodes per cell, as DARTS
 STEM_MULTIPLIER = 3

@@ -71,7 +71,7 @@ from .metaformer_plan import (BRA_TOPKS, MetaformerArch, MetaformerNet, Stage, S
                               stage_resolutions, stage_steps, stem_step)
 from .metaformer_supernet import MetaformerSupernet, width_map
 from .ops.swiftformer import ConvEncoder
-from .registries import CHANNEL_MIXERS, SPACES, TOKEN_MIXERS
+from .registry import CHANNEL_MIXERS, SPACES, TOKEN_MIXERS
 
 # the space's public names, with the blocks and the plan they are built from
 __all__ = ["MetaformerArch", "Stage", "MetaformerNet", "MetaformerSpace", "TokenSub", "ChannelSub", "ConvEncoder",
@@ -192,7 +192,7 @@ class MetaformerSpace(SearchSpace):
         self.depths = [[int(d) for d in ds] for ds in depths]
         self.widths = [[int(w) for w in ws] for ws in widths]
         self.mlp_ratios = [int(r) for r in mlp_ratios]
-        self.necks = list(necks) if necks is not None else [n for n in available_necks() if n in DEFAULT_NECKS]
+        self.necks = list(necks) if necks is not None else list(DEFAULT_NECKS)
         unknown = [n for n in self.necks if n not in available_necks()]
         if unknown:
             raise ValueError(f"unknown neck(s) {unknown}; available: {', '.join(available_necks())}")

@@ -15,7 +15,7 @@ from .metaformer_blocks import (ChannelSub, Head, LayerNorm2d, NeckClassifier, T
 from .ops import deploy as deploy_ops
 from .ops.common import linear_rates
 from .ops.swiftformer import ConvEncoder
-from .registries import CHANNEL_MIXERS, TOKEN_MIXERS
+from .registry import CHANNEL_MIXERS, TOKEN_MIXERS
 
 STEMS = ("patch7", "conv3x2_relu", "conv3x2_gelu")
 NORMS = ("bn", "ln", "none")

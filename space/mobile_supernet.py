@@ -1,24 +1,27 @@
 """The ``mobile`` space's weight-sharing supernet (SPOS with channel masking); see space/mobile.py.
 
-Separate from the space so that each file reads in one sitting; ``MobileSpace.supernet`` imports
-it when a search needs it.
+It builds on the plan (space/mobile_plan.py), which the space (space/mobile.py) imports too:
+no import cycle.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from .choice import Choice
-from .mobile import (BASES, BlockPlan, MobileArch, MobileSpace, STEM_STRIDE, _scaled, ir_post, make_stem, plan)
+from .mobile_plan import BlockPlan, MobileArch, STEM_STRIDE, _scaled, ir_post, make_stem, plan
 from .ops.base import link_state
-from .ops.common import dw_kernel
-from .ops.genet import HEADS, conv1x1_bn_act
-from .ops.sandglass import dw_bn, sandglass_hidden
-from .registries import ATTENTIONS, FUSIONS
+from .ops.common import conv1x1_bn_act, dw_bn, dw_kernel
+from .registry import HEADS
+from .ops.sandglass import sandglass_hidden
+from .registry import ATTENTIONS, FUSIONS
+
+if TYPE_CHECKING:  # the space imports this module at its top; the name is only a type here
+    from .mobile import MobileSpace
 
 def _fit(x: torch.Tensor, C: int) -> torch.Tensor:
     """x with C channels: extra ones cut, missing ones zero."""

@@ -1,4 +1,5 @@
-"""Name -> constructor registries, as DARTS' ``OPS`` dict and mobile-vision's ``PRIMITIVES``.
+"""Name -> constructor registry, as DARTS' ``OPS`` dict and mobile-vision's ``PRIMITIVES``:
+the ``Registry`` class and, at the end, every registry the spaces, tests and drivers use.
 
 A registry holds constructors that share one signature; the name is the spec.  Entries may
 carry tags (``"attention"``, ``"reparam"``...) so that a space can choose defaults by role
@@ -112,3 +113,26 @@ class Registry:
 
     def __repr__(self) -> str:
         return f"Registry({self.kind}: {len(self)} entries)"
+
+
+# -- the registry -------------------------------------------------------------------------
+# Each has one constructor signature; modules register themselves on import (``space.ops``
+# imports every module file of the package).
+
+OPS = Registry("op", "(C_in: int, C_out: int, stride: int, **kw) -> nn.Module; forward(x) -> y "
+               "with C_out channels and ceil(H/stride) x ceil(W/stride) resolution")
+FUSIONS = Registry("fusion", "(C: int, **kw) -> nn.Module; forward(x, y) -> tensor shaped like x")
+ATTENTIONS = Registry("attention", "(C: int, **kw) -> nn.Module; forward(x) -> same shape; "
+                      "a plug-in applied after a conv")
+TOKEN_MIXERS = Registry("token mixer", "(dim: int, **kw) -> nn.Module; forward(x: B,C,H,W) -> same shape")
+CHANNEL_MIXERS = Registry("channel mixer", "(dim: int, mlp_ratio: float, **kw) -> nn.Module; "
+                          "forward(x: B,C,H,W) -> same shape")
+DW_CONVS = Registry("depthwise conv", "(C: int, kernel_size: int, stride: int, **kw) -> nn.Module; "
+                    "a depthwise (groups=C) conv variant: forward(x: B,C,H,W) -> B,C,H/s,W/s")
+SPACES = Registry("search space", "class with choices/decode/build/parts/supernet")
+NECKS = Registry("neck", "(channels: Sequence[int], C_out: int, **kw) -> nn.Module; forward(list "
+                 "of len(channels) maps, finest first, each level half the previous size) -> "
+                 "list of maps, finest first, with .out_channels; meta inputs=n: how many of "
+                 "the deepest backbone levels it takes")
+HEADS = Registry("head", "(C_in: int, num_classes: int, mid_channels: int = 0, **kw) -> nn.Module; "
+                 "forward(x: B,C,H,W) -> B,num_classes logits")

@@ -84,7 +84,7 @@ def _validate(a: argparse.Namespace) -> int:
 
 
 def _refit(a: argparse.Namespace) -> int:
-    from .build import refit_table
+    from .refit import refit_table
 
     t = refit_table(a.table, a.networks, a.rounds, a.group, a.out, progress=not a.quiet, fit_only=a.fit_only,
                     anchors=a.anchors)

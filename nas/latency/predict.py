@@ -153,10 +153,6 @@ class Predictor:
         m = self.model
         return (total + m.overhead_ms + m.per_part_ms * len(parts)) * self.scale
 
-    def predict_arch(self, arch: Any) -> float:
-        from space import SPACES
-        return self.predict(SPACES[arch.space].parts(arch))
-
     def sum_entries(self, parts: Sequence[Any]) -> float:
         """The naive estimate: raw entries summed (no model, no drift scale)."""
         return sum(self._raw[p.key] for p in parts)

@@ -20,6 +20,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 import pandas as pd
 
+from .build import MEASURE_DEFAULTS, _callable, stored_networks
 from .measure import LatencyError, OtherLoad, gated, num_threads, speed_ratio, statistic, time_interleaved
 from .predict import Predictor, reference_calls
 
@@ -49,7 +50,6 @@ def time_anchored(predictor: Predictor, space: Any, archs: Sequence[Any], anchor
     time divided by its speed is in table units.  No speeds without anchors.  Timed again after
     waiting for calm while others used more than ``max_load`` (``measure.gated``).
     """
-    from .build import _callable
 
     ms = predictor.meta.get("measure", {})
     calls = [_callable(space.build(a), [(1, *a.input_size)], predictor.device_type, predictor.batch,
@@ -76,7 +76,6 @@ def anchor_networks(predictor: Predictor, space: Any, count: int) -> Tuple[List[
     group): each network slows down its own way when the machine's state changes, and a median
     over more anchors follows the typical network more closely.
     """
-    from .build import stored_networks
 
     archs, then, _ = predictor.anchors()
     archs, then = archs[:max(1, count)], then[:max(1, count)]
@@ -102,7 +101,6 @@ def validate(predictor: Predictor, space: Any, samples: int = 50, seed: int = 1,
     defaults).  A group timed while other processes used more than ``max_load`` of the CPU is
     timed again after waiting for calm (at most ``max_wait`` s; defaults: the table's).
     """
-    from .build import MEASURE_DEFAULTS
 
     if not predictor.native:
         raise LatencyError("validation times networks here, but the table was measured on another device")

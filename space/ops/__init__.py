@@ -6,7 +6,7 @@ Importing this package imports every module file in it, so a new file's ops are 
 import importlib
 import pkgutil
 
-from ..registries import ATTENTIONS, CHANNEL_MIXERS, DW_CONVS, FUSIONS, OPS, TOKEN_MIXERS
+from ..registry import ATTENTIONS, CHANNEL_MIXERS, DW_CONVS, FUSIONS, OPS, TOKEN_MIXERS
 from .base import NetworkState, aux_loss, deploy, link_state, set_progress, task_loss
 
 _HELPERS = {"base", "common"}

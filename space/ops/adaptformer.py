@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..registries import CHANNEL_MIXERS
+from ..registry import CHANNEL_MIXERS
 
 
 class Adapter(nn.Module):

@@ -52,7 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..registries import TOKEN_MIXERS
+from ..registry import TOKEN_MIXERS
 
 
 def _heads(dim: int, head_dim: int) -> int:

@@ -54,9 +54,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..registries import OPS
+from ..registry import OPS
 from .common import Adapted, check_stride
-from .fpt import NECKS
+from ..registry import NECKS
 
 
 class LayerNorm2d(nn.LayerNorm):

@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..registries import FUSIONS
+from ..registry import FUSIONS
 from .common import register_attention
 
 

@@ -7,13 +7,13 @@ DARTS network and is counted like any other op.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..registries import ATTENTIONS, DW_CONVS, OPS
+from ..registry import ATTENTIONS, DW_CONVS, OPS
 
 
 def drop_path(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
@@ -147,3 +147,46 @@ def dw_kernel(conv: str, kernel_size: int) -> int:
     if not sizes or kernel_size in sizes:
         return kernel_size
     return min(sizes, key=lambda k: (abs(k - kernel_size), k))
+
+
+# -- MobileNet-family layers (torchvision's MobileNetV2 and mnext.py agree on them) --------------
+
+def make_divisible(v: float, divisor: int, min_value: Optional[int] = None) -> int:
+    """The TF MobileNet rounding shared by mnext.py and torchvision: nearest multiple of
+    ``divisor``, at least ``min_value``, never more than 10% below ``v``."""
+    if min_value is None:
+        min_value = divisor
+    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
+    if new_v < 0.9 * v:
+        new_v += divisor
+    return new_v
+
+
+def mobile_init(*modules: nn.Module) -> None:
+    """MXNet's / torchvision MobileNetV2's init: conv weights N(0, sqrt(2 / (k*k*out))) (kaiming,
+    fan_out), BN weight 1 and bias 0, linear weights N(0, 0.01), biases 0."""
+    for root in modules:
+        for m in root.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0, 0.01)
+                nn.init.zeros_(m.bias)
+
+
+def dw_bn(C: int, kernel_size: int, stride: int, dw_conv: str = "plain", act: bool = False) -> nn.Sequential:
+    """A depthwise conv variant, BN, and ReLU6 if ``act``."""
+    conv, bn = DW_CONVS[dw_conv](C, kernel_size, stride), nn.BatchNorm2d(C)
+    mobile_init(bn, *([conv] if dw_conv == "plain" else []))  # variants keep their own init
+    return nn.Sequential(conv, bn, *([nn.ReLU6()] if act else []))
+
+
+def conv1x1_bn_act(C_in: int, C_out: int, groups: int = 1) -> nn.Sequential:
+    m = nn.Sequential(nn.Conv2d(C_in, C_out, 1, groups=groups, bias=False), nn.BatchNorm2d(C_out), nn.ReLU6())
+    mobile_init(m)
+    return m

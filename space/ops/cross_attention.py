@@ -59,7 +59,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..registries import FUSIONS
+from ..registry import FUSIONS
 
 
 @functools.lru_cache(maxsize=64)

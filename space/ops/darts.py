@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..registries import FUSIONS, OPS
+from ..registry import FUSIONS, OPS
 from .common import FactorizedReduce, ReLUConvBN, Zero, check_stride, project
 
 

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..registries import DW_CONVS, OPS
+from ..registry import DW_CONVS, OPS
 from .common import check_stride
 
 # ad: tap p takes w[p] - theta * w[AD_PERM[p]], a one-step clockwise shift of the ring

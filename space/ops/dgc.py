@@ -50,20 +50,20 @@ Departures from the official code, and why:
 Cost: fvcore counts what runs: the dense grouped conv (``C_out*C_in*k*k`` per output pixel,
 pruned channels multiplied by zero), the gate FCs, BN, GAP, the gating multiply
 (``heads*C_in*H*W``) and, while pruning is active, topk/max per ``nas/flops.py``.  A
-gather-based implementation would skip the pruned channels: ``gated_macs`` gives that
+gather-based implementation would skip the pruned channels: ``gated_macs`` (tests/ops/test_dgc.py) gives that
 effective count (dense minus ``inactive*(C_out*k*k*Ho*Wo + heads*H*W)`` per DGC conv; gates
 that tie with the k-th smallest and are dropped beyond ``inactive`` are not subtracted).
 """
 from __future__ import annotations
 
 import math
-from typing import Iterable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..registries import OPS
+from ..registry import OPS
 from .common import check_stride
 
 LASSO_WEIGHT = 1e-5  # official main.py --group-lasso-lambda default
@@ -169,28 +169,6 @@ class DynamicMultiHeadConv(nn.Module):
         return k * (self.C_out * self.kernel_size ** 2 * ho * wo + self.heads * H * W)
 
 
-def gated_macs(model: nn.Module, input_shapes: Iterable[Sequence[int]]) -> int:
-    """Effective MACs of ``model`` (eval mode, batch given in the shapes): the fvcore count of
-    what runs minus, for every DGC conv, the work on its pruned input channels."""
-    from nas import flops  # lazy: the op library does not depend on the counting side
-
-    input_shapes = [tuple(s) for s in input_shapes]
-    dense = flops.count(model, input_shapes)
-    seen = []
-    hooks = [m.register_forward_pre_hook(lambda mod, args: seen.append((mod, args[0].shape)))
-             for m in model.modules() if isinstance(m, DynamicMultiHeadConv)]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(*(torch.zeros(*s) for s in input_shapes))
-    finally:
-        model.train(was_training)
-        for hk in hooks:
-            hk.remove()
-    return dense - sum(shape[0] * m.pruned_macs(shape[2], shape[3]) for m, shape in seen)
-
-
 class DGCConv(nn.Sequential):
     """A DARTS edge: DGC conv (BN-ReLU inside, stride and C_in -> C_out) then BN."""
 
@@ -205,4 +183,4 @@ def dgc_3x3(C_in: int, C_out: int, stride: int, **kw) -> nn.Module:
     return DGCConv(C_in, C_out, stride, 3, **kw)
 
 
-__all__ = ["DynamicMultiHeadConv", "DGCConv", "gated_macs", "LASSO_WEIGHT"]
+__all__ = ["DynamicMultiHeadConv", "DGCConv", "LASSO_WEIGHT"]

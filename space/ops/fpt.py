@@ -67,12 +67,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..registry import Registry
+from ..registry import NECKS
 
-NECKS = Registry("neck", "(channels: Sequence[int], C_out: int, **kw) -> nn.Module; forward(list "
-                 "of len(channels) maps, finest first, each level half the previous size) -> "
-                 "list of maps, finest first, with .out_channels; meta inputs=n: how many of "
-                 "the deepest backbone levels it takes")
 
 
 class MixtureOfSoftmaxes(nn.Module):

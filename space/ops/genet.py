@@ -51,17 +51,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..registry import Registry
-from .sandglass import mobile_init
+from ..registry import HEADS
+from .common import conv1x1_bn_act, mobile_init
 
-HEADS = Registry("head", "(C_in: int, num_classes: int, mid_channels: int = 0, **kw) -> nn.Module; "
-                 "forward(x: B,C,H,W) -> B,num_classes logits")
-
-
-def conv1x1_bn_act(C_in: int, C_out: int, groups: int = 1) -> nn.Sequential:
-    m = nn.Sequential(nn.Conv2d(C_in, C_out, 1, groups=groups, bias=False), nn.BatchNorm2d(C_out), nn.ReLU6())
-    mobile_init(m)
-    return m
 
 
 class ClassifierHead(nn.Module):

@@ -31,7 +31,7 @@ import math
 import torch
 from torch import nn
 
-from ..registries import OPS, TOKEN_MIXERS
+from ..registry import OPS, TOKEN_MIXERS
 from .common import Adapted, check_stride, register_attention
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..registries import CHANNEL_MIXERS, TOKEN_MIXERS
+from ..registry import CHANNEL_MIXERS, TOKEN_MIXERS
 
 
 class PoolMixer(nn.Module):

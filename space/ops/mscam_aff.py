@@ -37,7 +37,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..registries import FUSIONS
+from ..registry import FUSIONS
 from .common import register_attention
 
 

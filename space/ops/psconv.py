@@ -14,7 +14,7 @@ blocks masked to zero.  Output = gwconv(x) + conv(x) + gwconv_shift(cat(x2, x1))
 the dilation spectrum is {1, 2, 4}.  Effective parameters and multiply-adds equal a dense
 k x k conv; stored parameters, and the convs that actually run, are (1 + 2/P)x dense (1.5x
 for P=4).  ``nas.flops`` (fvcore) counts what runs, 1.5x, plus the mask multiply (see below);
-``effective_params`` / ``effective_flops`` give the dense-equivalent figures the paper quotes.
+``effective_params`` (and ``effective_flops`` in tests/ops/test_psconv.py) give the dense-equivalent figures the paper quotes.
 
 As a candidate, ``OPS["psconv_3x3"]`` is ReLU -> PSConv2d(C_in, C_out, 3, stride, dilation=2,
 parts=4) -> BN (DARTS' ReLUConvBN with PSConv; PS-ResNet's setting).  The stride is on all three
@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..registries import OPS
+from ..registry import OPS
 from .common import check_stride
 
 
@@ -130,29 +130,6 @@ def effective_params(model: nn.Module) -> int:
     """Trainable parameters of ``model`` with PSConv's masked (never acting) weights removed."""
     total = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return total - sum(m.masked_weights() for m in model.modules() if isinstance(m, PSConv2d))
-
-
-def effective_flops(model: nn.Module, inputs) -> int:
-    """``nas.flops`` count of ``model`` on ``inputs`` minus what PSConv runs but does not need:
-    the masked dense-conv MACs and the mask multiply.  For a lone PSConv this is the dense
-    conv's N*C_out*H'*W'*C_in*k*k, the figure the paper's "no extra FLOPs" refers to."""
-    from nas import flops  # the counter lives above the op library
-
-    if isinstance(inputs, torch.Tensor):
-        inputs = (inputs,)
-    shapes = {}
-    hooks = [m.register_forward_hook(lambda m, i, o: shapes.__setitem__(m, o.shape))
-             for m in model.modules() if isinstance(m, PSConv2d)]
-    try:
-        with torch.no_grad():
-            model(*inputs)
-    finally:
-        for h in hooks:
-            h.remove()
-    waste = 0
-    for m, (n, _, h, w) in shapes.items():
-        waste += n * h * w * m.masked_weights() + (m.conv.weight.numel() if m.mask_in_forward else 0)
-    return int(flops.analysis(model, inputs).total()) - waste
 
 
 @OPS.register("psconv_3x3", tags={"conv", "multi_dilation"})

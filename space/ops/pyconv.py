@@ -53,7 +53,7 @@ from typing import List, Optional, Sequence
 import torch
 from torch import nn
 
-from ..registries import OPS
+from ..registry import OPS
 from .common import check_stride
 
 # levels -> (kernels, groups, output shares in quarters), PyConvResNet's stage settings

@@ -45,26 +45,15 @@ No leading ReLU as in DARTS' ReLU-Conv-BN ops: the block starts on linear featur
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 from torch import nn
 
-from ..registries import DW_CONVS, OPS
-from .common import check_stride
+from ..registry import OPS
+from .common import check_stride, dw_bn, make_divisible, mobile_init
 
 FORMS = ("full", "pw_dw", "pw")  # dw+pw+pw+dw | pw+pw+dw (stride 2) | pw+pw
-
-
-def make_divisible(v: float, divisor: int, min_value: Optional[int] = None) -> int:
-    """The TF MobileNet rounding shared by mnext.py and torchvision: nearest multiple of
-    ``divisor``, at least ``min_value``, never more than 10% below ``v``."""
-    if min_value is None:
-        min_value = divisor
-    new_v = max(min_value, int(v + divisor / 2) // divisor * divisor)
-    if new_v < 0.9 * v:
-        new_v += divisor
-    return new_v
 
 
 def sandglass_hidden(inp: int, oup: int, t: int) -> int:
@@ -83,30 +72,6 @@ def sandglass_form(inp: int, oup: int, stride: int, t: int, keep_3x3: bool = Fal
     if inp != oup and not keep_3x3:
         return ("pw" if stride == 1 else "pw_dw"), False
     return "full", (not keep_3x3 and stride == 1)
-
-
-def mobile_init(*modules: nn.Module) -> None:
-    """MXNet's / torchvision MobileNetV2's init: conv weights N(0, sqrt(2 / (k*k*out))) (kaiming,
-    fan_out), BN weight 1 and bias 0, linear weights N(0, 0.01), biases 0."""
-    for root in modules:
-        for m in root.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
-
-
-def dw_bn(C: int, kernel_size: int, stride: int, dw_conv: str = "plain", act: bool = False) -> nn.Sequential:
-    """A depthwise conv variant, BN, and ReLU6 if ``act``."""
-    conv, bn = DW_CONVS[dw_conv](C, kernel_size, stride), nn.BatchNorm2d(C)
-    mobile_init(bn, *([conv] if dw_conv == "plain" else []))  # variants keep their own init
-    return nn.Sequential(conv, bn, *([nn.ReLU6()] if act else []))
 
 
 class SandglassConv(nn.Sequential):

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..registries import TOKEN_MIXERS
+from ..registry import TOKEN_MIXERS
 from .common import drop_path
 
 

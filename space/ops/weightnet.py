@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..registries import DW_CONVS, OPS
+from ..registry import DW_CONVS, OPS
 from .common import check_stride
 
 

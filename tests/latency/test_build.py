@@ -6,9 +6,10 @@ import torch
 
 from nas.latency import LatencyError, Predictor, find_shipped_table
 from nas.latency import build as build_mod
-from nas.latency.build import build_table, refit_table
+from nas.latency.build import build_table
+from nas.latency.refit import refit_table
 from nas.latency.validate import format_report, validate, write_report
-from space.registries import SPACES
+from space.registry import SPACES
 
 from latency_tiny import FAST, tiny_table  # tests/latency/latency_tiny.py
 

@@ -8,7 +8,7 @@ from nas.latency import predict as predict_mod
 from nas.latency.model import LatencyModel, Sample, fit, res_label
 from nas.latency.table import Table
 from space.base import Part
-from space.registries import SPACES
+from space.registry import SPACES
 
 
 def part(key, kind="conv", make=None, shape=(1, 8, 8, 8)):

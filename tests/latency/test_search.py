@@ -9,7 +9,7 @@ import pytest
 
 from nas.cli import main
 from nas.latency import Predictor
-from space.registries import SPACES
+from space.registry import SPACES
 
 from latency_tiny import tiny_table  # tests/latency/latency_tiny.py
 

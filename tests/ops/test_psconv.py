@@ -4,12 +4,34 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 import space
 from nas import flops
 from space.ops import deploy
-from space.ops.psconv import (PSConv2d, PSConv2dDeployed, adapt_parts, effective_flops,
-                              effective_params)
+from space.ops.psconv import PSConv2d, PSConv2dDeployed, adapt_parts, effective_params
+
+
+# The dense-equivalent count lives with its tests: the op library imports nothing from nas/.
+def effective_flops(model: nn.Module, inputs) -> int:
+    """``nas.flops`` count of ``model`` on ``inputs`` minus what PSConv runs but does not need:
+    the masked dense-conv MACs and the mask multiply.  For a lone PSConv this is the dense
+    conv's N*C_out*H'*W'*C_in*k*k, the figure the paper's "no extra FLOPs" refers to."""
+    if isinstance(inputs, torch.Tensor):
+        inputs = (inputs,)
+    shapes = {}
+    hooks = [m.register_forward_hook(lambda m, i, o: shapes.__setitem__(m, o.shape))
+             for m in model.modules() if isinstance(m, PSConv2d)]
+    try:
+        with torch.no_grad():
+            model(*inputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    waste = 0
+    for m, (n, _, h, w) in shapes.items():
+        waste += n * h * w * m.masked_weights() + (m.conv.weight.numel() if m.mask_in_forward else 0)
+    return int(flops.analysis(model, inputs).total()) - waste
 
 
 def _blockwise_reference(m: PSConv2d, x: torch.Tensor) -> torch.Tensor:

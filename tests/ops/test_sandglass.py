@@ -7,7 +7,8 @@ from torch import nn
 from nas import flops
 from space import OPS
 from space.ops.common import DWConv
-from space.ops.sandglass import SGBlock, SandglassEdge, make_divisible, sandglass_form, sandglass_hidden
+from space.ops.common import make_divisible
+from space.ops.sandglass import SGBlock, SandglassEdge, sandglass_form, sandglass_hidden
 
 
 def _bn(c):

@@ -9,8 +9,7 @@ from torch import nn
 import space
 from nas.latency import TABLES
 from nas.latency.table import read_meta
-from space.ops.fpt import NECKS
-from space.registries import ATTENTIONS, CHANNEL_MIXERS, DW_CONVS, FUSIONS, OPS, TOKEN_MIXERS
+from space.registry import ATTENTIONS, CHANNEL_MIXERS, DW_CONVS, FUSIONS, HEADS, NECKS, OPS, TOKEN_MIXERS
 
 
 class _Identity(nn.Module):
@@ -24,7 +23,8 @@ class _Identity(nn.Module):
 
 # every registry a space draws candidates from, with a constructor of its signature
 THROWAWAY = {"op": OPS, "fusion": FUSIONS, "attention": ATTENTIONS, "dw_conv": DW_CONVS,
-             "token_mixer": TOKEN_MIXERS, "channel_mixer": CHANNEL_MIXERS, "neck": NECKS}
+             "token_mixer": TOKEN_MIXERS, "channel_mixer": CHANNEL_MIXERS, "neck": NECKS,
+             "head": HEADS}
 
 
 def _snapshot(name):

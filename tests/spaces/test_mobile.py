@@ -20,7 +20,7 @@ from space.mobile_supernet import SuperBlock, supernet_strides
 from space.mobile import (MOBILENET_V2, MOBILENEXT, Block, MobileArch, MobileSpace, build, parts,
                           plan)
 from space.ops.genet import GENetHead, genet_loss
-from space.registries import ATTENTIONS, DW_CONVS, FUSIONS
+from space.registry import ATTENTIONS, DW_CONVS, FUSIONS
 
 SMALL = dict(input_size=(3, 32, 32), num_classes=10)
 
@@ -116,7 +116,7 @@ def fakes():
 
 
 def _space(base="mobilenetv2", **kw):
-    """A space offering exactly the plain and the test-only plug-ins (stable as registries grow)."""
+    """A space offering exactly the plain and the test-only plug-ins (stable as registry grow)."""
     opts = dict(convs=["plain", "test_rep_dw"], attentions=["none", "test_gate", "test_chain"],
                 fusions=["sum", "test_wsum"])
     return MobileSpace(base=base, **{**opts, **SMALL, **kw})
