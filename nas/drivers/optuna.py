@@ -28,7 +28,7 @@ class OptunaDriver(Driver):
             raise ValueError(f"unknown Optuna sampler {sampler!r} (nsga2 or tpe)")
         self.storage, self.study_name, self.sampler_name, self.population = storage, study_name, sampler, population
 
-    def _sampler(self, seed: int, n_trials: int):
+    def sampler(self, seed: int, n_trials: int):
         import optuna
 
         if self.sampler_name == "tpe":
@@ -42,7 +42,7 @@ class OptunaDriver(Driver):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         directions = ["maximize" if o.maximize else "minimize" for o in problem.objectives]
         study = optuna.create_study(storage=self.storage, study_name=self.study_name, directions=directions,
-                                    sampler=self._sampler(seed, n_trials), load_if_exists=start > 0)
+                                    sampler=self.sampler(seed, n_trials), load_if_exists=start > 0)
         done = len([t for t in study.trials if t.state.is_finished()])
         remaining = n_trials - max(done, start)
         number = [max(done, start)]

@@ -194,7 +194,7 @@ class RayDriver(Driver):
             return BasicVariantGenerator(random_state=rng), o.name, "max" if o.maximize else "min"
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         sampler = OptunaDriver(storage=self.storage or "", sampler=self.sampler_name,
-                               population=self.population)._sampler(seed, n_trials)  # --driver optuna's samplers
+                               population=self.population).sampler(seed, n_trials)  # --driver optuna's samplers
         return _ConstrainedOptunaSearch(
             metric=[o.name for o in problem.objectives], mode=["max" if o.maximize else "min" for o in problem.objectives],
             sampler=sampler, storage=optuna.storages.get_storage(self.storage) if self.storage else None,
