@@ -14,14 +14,7 @@ from .arch import ArchBase, ArchError, load_arch
 from .base import Part, SearchSpace
 from .registry import ATTENTIONS, CHANNEL_MIXERS, DW_CONVS, FUSIONS, HEADS, NECKS, OPS, SPACES, TOKEN_MIXERS
 from .registry import UnknownName
-from . import darts  # noqa: F401  (registers the spaces)
-
-for _optional in ("mobile", "metaformer"):
-    try:  # spaces added by later work register themselves the same way
-        __import__(f"{__name__}.{_optional}")
-    except ModuleNotFoundError as _e:
-        if _e.name != f"{__name__}.{_optional}":
-            raise
+from . import darts, mobile, metaformer  # noqa: F401  (each registers its space; this order is SPACES order)
 
 Arch = ArchBase
 
