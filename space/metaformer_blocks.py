@@ -52,15 +52,16 @@ class TokenSub(nn.Module):
 
 
 class ChannelSub(nn.Module):
-    """x + (s * ChannelMixer(Norm(x)) [+ side(x)]): a mixer with ``reads_residual`` (AdaptMLP)
-    gets the block input for its side path, outside the layer scale (AdaptFormer's order)."""
+    """x + (s * ChannelMixer(Norm(x)) [+ side(x)]): a mixer whose registry entry declares
+    ``reads_residual`` (AdaptMLP; its module has ``main`` and ``side``) gets the block input for
+    its side path, outside the layer scale (AdaptFormer's order)."""
 
     def __init__(self, dim: int, mixer: str, mlp_ratio: float, norm: str, layer_scale: float):
         super().__init__()
         self.norm = make_norm(norm, dim)
         self.mixer = CHANNEL_MIXERS[mixer](dim, mlp_ratio)
         self.layer_scale = _scale(dim, layer_scale)
-        self.reads_residual = bool(getattr(self.mixer, "reads_residual", False))
+        self.reads_residual = bool(CHANNEL_MIXERS.meta(mixer).get("reads_residual"))
         self.drop_prob = 0.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

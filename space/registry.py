@@ -18,6 +18,19 @@ class UnknownName(KeyError):
         return str(self.args[0])
 
 
+# What an entry may declare about its module's needs, with the type: declared once with the
+# module, read by the spaces and the tests.  An unknown key or a wrong type fails at import.
+META_FIELDS: Dict[str, Tuple[type, str]] = {
+    "resolution": (bool, "takes resolution=H of its input (PyConv picks its pyramid levels by it)"),
+    "state": (str, "carries a state of this name along a stage (DCANet's attention chain)"),
+    "reads_residual": (bool, "its side path reads the block's input, outside the layer scale (AdaptFormer)"),
+    "kernels": (tuple, "the depthwise kernel sizes it exists at; others fall back to the nearest"),
+    "inputs": (int, "a neck: how many of the deepest stage outputs it reads"),
+    "stage": (str, "where in a network it belongs, in words (CFNet's focal block)"),
+    "no_trace": (str, "why torch.jit.trace cannot capture it (the contract test skips tracing)"),
+}
+
+
 class Registry:
     def __init__(self, kind: str, signature: str):
         self.kind = kind
@@ -31,9 +44,15 @@ class Registry:
                  **meta):
         """Use as ``@REG.register("name")`` or ``REG.register("name", fn)``.
 
-        ``meta`` holds documented facts the tests read, e.g. ``no_trace="why"`` for an op
-        that ``torch.jit.trace`` cannot capture.
+        ``meta`` declares the module's needs (``META_FIELDS``: ``resolution=True``,
+        ``state="dca"``, ``no_trace="why"`` ...); the spaces and the tests read them.
         """
+        for key, value in meta.items():
+            if key not in META_FIELDS:
+                raise TypeError(f"{self.kind} {name!r}: unknown registry field {key!r}; known: {', '.join(META_FIELDS)}")
+            if not isinstance(value, META_FIELDS[key][0]):
+                raise TypeError(f"{self.kind} {name!r}: {key} must be a {META_FIELDS[key][0].__name__}, got {value!r}")
+
         def deco(f: Callable) -> Callable:
             if name in self._fns:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")

@@ -128,3 +128,33 @@ def test_registries_refuse_duplicates_and_explain_unknown_names():
         space.OPS.register("sep_conv_3x3", lambda *a, **k: None)
     with pytest.raises(space.UnknownName, match="did you mean sep_conv_3x3"):
         space.OPS.get("sep_conv3x3")
+
+
+# one small instance per entry of the registries whose entries declare needs
+_BUILD = {"op": lambda reg, n: reg[n](16, 16, 1), "attention": lambda reg, n: reg[n](16),
+          "channel mixer": lambda reg, n: reg[n](16, 4.0)}
+_DECLARING = [(reg, n) for reg in (space.OPS, space.ATTENTIONS, space.CHANNEL_MIXERS) for n in reg.names()]
+
+
+@pytest.mark.parametrize("reg,name", _DECLARING, ids=[f"{r.kind}:{n}" for r, n in _DECLARING])
+def test_declared_needs_match_the_module(reg, name):
+    """A need is declared once, with the registry entry; the module must do what it declares."""
+    from space.ops.base import stateful_key
+
+    meta, m = reg.meta(name), _BUILD[reg.kind](reg, name)
+    states = {stateful_key(x) for x in m.modules()} - {None}
+    assert states == ({meta["state"]} if "state" in meta else set()), \
+        f"{name}: its modules keep state(s) {states or 'none'}, its entry declares {meta.get('state')}"
+    has_paths = callable(getattr(m, "main", None)) and callable(getattr(m, "side", None))
+    assert has_paths == bool(meta.get("reads_residual")), \
+        f"{name}: main/side paths {'present' if has_paths else 'absent'}, reads_residual={meta.get('reads_residual')}"
+
+
+def test_registry_fields_are_typed():
+    reg = space.registry.Registry("toy", "()")
+    with pytest.raises(TypeError, match="unknown registry field 'resoluton'"):
+        reg.register("a", lambda: None, resoluton=True)
+    with pytest.raises(TypeError, match="state must be a str"):
+        reg.register("b", lambda: None, state=True)
+    reg.register("c", lambda: None, resolution=True, state="x")
+    assert reg.meta("c") == {"resolution": True, "state": "x"}

@@ -17,7 +17,8 @@ MLP) plus the adapter.
 
 How the residual stream reaches the adapter in our channels-first blocks: a channel mixer only
 sees the normed input, so ``AdaptMLP`` exposes its two paths, ``main`` (the MLP, on the normed
-input) and ``side`` (the adapter, on the block input), and sets ``reads_residual = True``; the
+input) and ``side`` (the adapter, on the block input), and its registry entry declares
+``reads_residual=True``; the
 metaformer block then computes ``x + (ls * main(norm(x)) + side(x))``, the official order
 (the adapter is outside the block's layer scale, which the ViT block does not have).  Called on
 its own, ``forward(x, residual=None)`` returns ``main(x) + side(residual if given else x)``.
@@ -57,7 +58,6 @@ class Adapter(nn.Module):
 
 
 class AdaptMLP(nn.Module):
-    reads_residual = True  # the block feeds ``side`` with its residual stream
 
     def __init__(self, dim: int, mlp_ratio: float = 4.0, base: str = "mlp", bottleneck: int = 64,
                  scale: float = 0.1, dropout: float = 0.1):
@@ -77,7 +77,7 @@ class AdaptMLP(nn.Module):
         return self.main(x) + self.side(x if residual is None else residual)
 
 
-@CHANNEL_MIXERS.register("adapt_mlp", tags={"mlp", "adapter"})
+@CHANNEL_MIXERS.register("adapt_mlp", tags={"mlp", "adapter"}, reads_residual=True)
 def adapt_mlp(dim: int, mlp_ratio: float = 4.0, **kw) -> nn.Module:
     """MLP plus AdaptFormer's parallel adapter (bottleneck 64, scale 0.1, LoRA init)."""
     return AdaptMLP(dim, mlp_ratio, **kw)
