@@ -94,6 +94,36 @@ def _download_cifar(folder: Path) -> None:
         extracted.rename(folder)
 
 
+class _BatchUnpickler(pickle.Unpickler):
+    """Reads a CIFAR-10 python batch (a dict of bytes, ints, lists and one uint8 array) and
+    nothing else: any other global a pickle asks for is refused, so a crafted batch cannot run
+    code.  (The MD5 covers the downloaded archive only, not a folder given with --data.)"""
+
+    ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "_reconstruct"),
+               ("numpy._core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
+               ("numpy._core.multiarray", "scalar"),
+               ("_codecs", "encode")}  # Python 3's protocol-2 spelling of bytes; encodes, nothing else
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it asks for {module}.{name}, which a CIFAR-10 batch never holds")
+        return super().find_class(module, name)
+
+
+def read_cifar_batch(f: Path):
+    """(images N x 3 x 32 x 32 uint8, labels) of one python batch file, without running its code."""
+    try:
+        with open(f, "rb") as fh:
+            d = _BatchUnpickler(fh, encoding="bytes").load()
+        x = np.asarray(d[b"data"], np.uint8).reshape(-1, 3, 32, 32)
+        y = np.asarray(d[b"labels"], np.int64)
+    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        raise DataError(f"{f} is not a CIFAR-10 python batch: {e}") from None
+    if len(x) != len(y):
+        raise DataError(f"{f}: {len(x)} images but {len(y)} labels")
+    return x, y
+
+
 def load_cifar10(folder: Path, download: bool = True) -> Dataset:
     files = [folder / f"data_batch_{i}" for i in range(1, 6)] + [folder / "test_batch"]
     if not all(f.exists() for f in files):
@@ -101,13 +131,8 @@ def load_cifar10(folder: Path, download: bool = True) -> Dataset:
             raise DataError(f"{folder} holds no CIFAR-10 python batches")
         _download_cifar(folder)
 
-    def read(f: Path):
-        with open(f, "rb") as fh:
-            d = pickle.load(fh, encoding="bytes")
-        return np.asarray(d[b"data"], np.uint8).reshape(-1, 3, 32, 32), np.asarray(d[b"labels"], np.int64)
-
-    tr = [read(f) for f in files[:5]]
-    xt, yt = read(files[5])
+    tr = [read_cifar_batch(f) for f in files[:5]]
+    xt, yt = read_cifar_batch(files[5])
     return Dataset("cifar10", str(folder), np.concatenate([a for a, _ in tr]), np.concatenate([b for _, b in tr]),
                    xt, yt, list(CIFAR_CLASSES))
 
@@ -120,8 +145,28 @@ def _chw(x: np.ndarray, where: str) -> np.ndarray:
     if x.shape[1] not in (1, 3) and x.shape[-1] in (1, 3):
         x = x.transpose(0, 3, 1, 2)
     if x.dtype != np.uint8:
+        if not np.issubdtype(x.dtype, np.number) or np.issubdtype(x.dtype, np.complexfloating):
+            raise DataError(f"{where}: images must be numbers, got dtype {x.dtype}")
+        bad = ~np.isfinite(x) if np.issubdtype(x.dtype, np.floating) else None
+        if bad is not None and bad.any():  # one NaN made the [0, 1] test false and every image black
+            raise DataError(f"{where}: {int(bad.sum())} pixel(s) are NaN or infinite (first in image "
+                            f"{int(np.argwhere(bad)[0][0])})")
         x = np.clip(x * (255.0 if x.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
     return np.ascontiguousarray(x)
+
+
+def _labels(y: np.ndarray, where: str) -> np.ndarray:
+    """Integer labels 0..n-1: float labels must be whole numbers, never silently truncated."""
+    y = np.asarray(y).ravel()
+    if np.issubdtype(y.dtype, np.floating):
+        if not np.isfinite(y).all() or (y != np.round(y)).any():
+            raise DataError(f"{where}: labels must be whole numbers, got e.g. {y[~np.isfinite(y) | (y != np.round(y))][0]!r}")
+    elif not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{where}: labels must be integers, got dtype {y.dtype}")
+    y = y.astype(np.int64)
+    if len(y) and y.min() < 0:
+        raise DataError(f"{where}: labels must be >= 0, got {int(y.min())}")
+    return y
 
 
 def load_npz(path: Path) -> Dataset:
@@ -133,11 +178,17 @@ def load_npz(path: Path) -> Dataset:
     if missing:
         raise DataError(f"{path} lacks arrays {missing} (needs x_train, y_train, x_test, y_test)")
     xtr, xte = _chw(z["x_train"], str(path)), _chw(z["x_test"], str(path))
-    ytr, yte = z["y_train"].astype(np.int64).ravel(), z["y_test"].astype(np.int64).ravel()
+    ytr, yte = _labels(z["y_train"], f"{path} y_train"), _labels(z["y_test"], f"{path} y_test")
     if len(xtr) != len(ytr) or len(xte) != len(yte):
         raise DataError(f"{path}: image and label counts differ")
+    if not len(ytr) or not len(yte):
+        raise DataError(f"{path}: the train and test splits each need at least one image")
     n = int(max(ytr.max(), yte.max())) + 1
     classes = [str(c) for c in z["classes"]] if "classes" in z.files else [str(i) for i in range(n)]
+    if n > len(classes):
+        raise DataError(f"{path}: label {n - 1} but only {len(classes)} class names")
+    if len(np.unique(ytr)) < 2:
+        raise DataError(f"{path}: the training labels hold {len(np.unique(ytr))} class; classification needs two or more")
     return Dataset(path.stem, str(path), xtr, ytr, xte, yte, classes)
 
 

@@ -69,12 +69,44 @@ class TrialRecord:
 
     @classmethod
     def from_json(cls, d: Dict[str, Any]) -> "TrialRecord":
+        """A record read back from trials.jsonl, every field checked first (the file names
+        output paths: ``archs/<trial>.json``); ValueError says which field is wrong."""
+        _check_record(d)
         arch = ArchBase.from_dict(d["arch"]) if d.get("arch") else None
         return cls(number=d["trial"], params=d.get("choices", {}), state=d["state"], seconds=d["seconds"],
                    arch=arch, arch_hash=d.get("arch_hash", ""), flops=d.get("flops"), n_params=d.get("params"),
                    latency_ms=d.get("latency_ms"), val_acc=d.get("val_acc"),
                    score=d.get("score", d.get("val_acc")), estimator=d.get("estimator", ""),
                    violations=d.get("violations", {}), message=d.get("message", ""))
+
+
+TRIAL_STATES = ("complete", "over_budget", "failed")
+
+
+def _check_record(d: Any) -> None:
+    def num(v, ok_none=True):
+        return (v is None and ok_none) or (isinstance(v, (int, float)) and not isinstance(v, bool))
+
+    if not isinstance(d, dict):
+        raise ValueError(f"a trial record is a JSON object, got {type(d).__name__}")
+    n = d.get("trial")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise ValueError(f"trial number must be an integer >= 0, got {n!r}")
+    if d.get("state") not in TRIAL_STATES:
+        raise ValueError(f"trial {n}: state must be one of {', '.join(TRIAL_STATES)}, got {d.get('state')!r}")
+    if not num(d.get("seconds"), ok_none=False):
+        raise ValueError(f"trial {n}: seconds must be a number, got {d.get('seconds')!r}")
+    for key in ("flops", "params", "latency_ms", "score", "val_acc"):
+        if not num(d.get(key)):
+            raise ValueError(f"trial {n}: {key} must be a number or null, got {d.get(key)!r}")
+    for key in ("choices", "violations"):
+        if not isinstance(d.get(key, {}), dict):
+            raise ValueError(f"trial {n}: {key} must be an object")
+    if not all(num(v, ok_none=False) for v in d.get("violations", {}).values()):
+        raise ValueError(f"trial {n}: violations must be numbers")
+    for key in ("arch_hash", "estimator", "message"):
+        if not isinstance(d.get(key, ""), str):
+            raise ValueError(f"trial {n}: {key} must be a string")
 
 
 class Problem:

@@ -60,9 +60,29 @@ class TrialLog:
         self.csv_path, self.jsonl_path = folder / "trials.csv", folder / "trials.jsonl"
 
     def load(self) -> List[TrialRecord]:
+        """The records of trials.jsonl.  A torn last line (a kill mid-write) is dropped with a
+        warning; any other bad line is a ValueError naming the file and line."""
         if not self.jsonl_path.exists():
             return []
-        recs = [TrialRecord.from_json(json.loads(line)) for line in self.jsonl_path.read_text().splitlines() if line.strip()]
+        lines = self.jsonl_path.read_text().splitlines()
+        recs, seen = [], set()
+        for i, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                rec = TrialRecord.from_json(json.loads(line))
+            except json.JSONDecodeError:
+                if i == len(lines):
+                    print(f"warning: {self.jsonl_path}: the last line is torn (a run killed while writing it); "
+                          "dropped, that trial runs again", file=sys.stderr)
+                    continue
+                raise ValueError(f"{self.jsonl_path} line {i} is not JSON") from None
+            except (ValueError, KeyError, TypeError) as e:
+                raise ValueError(f"{self.jsonl_path} line {i}: {e}") from None
+            if rec.number in seen:
+                raise ValueError(f"{self.jsonl_path} line {i}: trial {rec.number} appears twice")
+            seen.add(rec.number)
+            recs.append(rec)
         self._rewrite_csv(recs)  # drop a half-written csv tail left by a crash
         return recs
 

@@ -228,14 +228,20 @@ def run(cfg: SearchConfig) -> Dict[str, Any]:
     est = estimators.make(cfg.estimator, ctx, **cfg.estimator_options)
     trust = benchmarked(sp.name, cfg.estimator, cfg.estimator_options, sp.settings(), cfg.epochs)
     say(f"estimator: {cfg.estimator}; {trust_line(trust, cfg.estimator, sp.name)}")
-    est.prepare()
+    try:
+        est.prepare()
+    except estimators.CheckpointError as e:
+        raise RunError(str(e)) from None
     phases["estimator_prepare_s"] = time.time() - t0
 
     costs = CostModel(latency)
     problem = Problem(sp, constraints, costs, est.score, objectives, estimator=cfg.estimator,
                       score_is_accuracy=est.is_accuracy)
     tlog = TrialLog(folder)
-    records: List[TrialRecord] = tlog.load() if cfg.resume else []
+    try:
+        records: List[TrialRecord] = tlog.load() if cfg.resume else []
+    except ValueError as e:
+        raise RunError(f"--resume: {e}") from None
     if cfg.resume:
         problem._scores.update({r.arch_hash: r.score for r in records if r.score is not None})
     interrupted = False

@@ -2,8 +2,9 @@
 ``ESTIMATORS``: ``supernet`` (SPOS), ``train`` (stand-alone, successive halving) and the
 training-free ``zc:<proxy>`` family (``zc.py`` lists them, with ``zc:params`` and ``zc:flops``
 as the trivial baselines)."""
-from .base import DEFAULT, ESTIMATORS, REDUCED, Context, Estimator, check_options, make, reduced_arch
+from .base import (DEFAULT, ESTIMATORS, REDUCED, CheckpointError, Context, Estimator, check_options, make,
+                   reduced_arch)
 from . import supernet, train, zc  # noqa: F401  (register the estimators)
 from .supernet import SupernetEstimator
 
-__all__ = ["DEFAULT", "ESTIMATORS", "REDUCED", "Context", "Estimator", "check_options", "make", "reduced_arch", "SupernetEstimator"]
+__all__ = ["DEFAULT", "ESTIMATORS", "REDUCED", "CheckpointError", "Context", "Estimator", "check_options", "make", "reduced_arch", "SupernetEstimator"]

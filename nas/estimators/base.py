@@ -29,6 +29,10 @@ DEFAULT = "zc:meco"
 REDUCED = {"darts": {"channels": 8, "cells": 5}}
 
 
+class CheckpointError(ValueError):
+    """A saved estimator state (a supernet checkpoint) that is not one this toolkit wrote."""
+
+
 @dataclass
 class Context:
     space: Any  # a configured space.SearchSpace

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import random
 from typing import Any, Dict, List, Optional
 
@@ -13,7 +14,7 @@ import torch
 from space.arch import ArchBase
 
 from ..supernet import FAST_FORMAT, accuracy, device_of, recalibrate_bn, train_supernet
-from .base import ESTIMATORS, Context, Estimator
+from .base import ESTIMATORS, CheckpointError, Context, Estimator
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,14 @@ class SupernetEstimator(Estimator):
         """Train the supernet, or load the checkpoint a previous (interrupted) run saved."""
         ck = self.checkpoint
         if ck is not None and ck.exists():
-            state = torch.load(ck, map_location=device_of(self.net), weights_only=False)
+            try:  # tensors and plain data only: a crafted checkpoint cannot run code
+                state = torch.load(ck, map_location=device_of(self.net), weights_only=True)
+            except Exception as e:
+                first = (str(e).strip().splitlines() or [""])[0][:160]
+                raise CheckpointError(f"{ck} is not a supernet checkpoint this toolkit wrote, refused "
+                                      f"({type(e).__name__}: {first}); delete it to train anew") from None
+            if not isinstance(state, dict):
+                raise CheckpointError(f"{ck} is not a supernet checkpoint this toolkit wrote, refused")
             if state.get("fingerprint") == self._hash():
                 self.net.load_state_dict(state["weights"])
                 self.history = state.get("history", [])
@@ -78,9 +86,11 @@ class SupernetEstimator(Estimator):
         sample = FairSampler(self.ctx.space) if self.sampling == "fair" else self.ctx.space.sample
         self.history = train_supernet(self.net, sample, self.ctx.splits.train, self.epochs, self.lr,
                                       self.ctx.weight_decay, self.ctx.seed, progress=self.ctx.progress)
-        if ck is not None:
+        if ck is not None:  # atomically: a kill mid-write leaves no torn checkpoint
+            tmp = ck.with_name(ck.name + ".tmp")
             torch.save({"fingerprint": self._hash(), "weights": self.net.state_dict(),
-                        "history": self.history}, ck)
+                        "history": self.history}, tmp)
+            os.replace(tmp, ck)
 
     def _with(self, arch: ArchBase, split) -> float:
         torch.manual_seed(self.ctx.seed)  # stochastic layers see the same draws whatever the order
