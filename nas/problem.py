@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from space import SearchSpace
-from space.arch import ArchBase, ArchError
+from space.arch import ArchBase
 
 from .budget import Constraint
 
@@ -133,12 +133,15 @@ class Problem:
                 rec.state = "over_budget"
             else:
                 if rec.arch_hash not in self._scores:
-                    self._scores[rec.arch_hash] = float(self.score(arch))
+                    score = float(self.score(arch))
+                    if not math.isfinite(score):
+                        raise FloatingPointError(f"the estimator's score is {score}")
+                    self._scores[rec.arch_hash] = score
                 rec.score = self._scores[rec.arch_hash]
                 rec.val_acc = rec.score if self.score_is_accuracy else None
                 rec.state = "complete"
-        except (ArchError, KeyError, ValueError, RuntimeError) as e:
-            rec.message = f"{type(e).__name__}: {e}".splitlines()[0][:300]
+        except Exception as e:  # any failure of one candidate is its trial's, never the search's
+            rec.message = (f"{type(e).__name__}: {e}".strip().splitlines() or [type(e).__name__])[0][:300]
             rec.violations = rec.violations or {k.kind: 0.0 for k in self.constraints}
         rec.seconds = time.perf_counter() - t0
         return rec

@@ -5,6 +5,7 @@ import dataclasses
 import inspect
 import json
 import logging
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -154,6 +155,8 @@ def run(cfg: SearchConfig) -> Dict[str, Any]:
         constraints = list(parse_budget(cfg.budget))
     except ValueError as e:
         raise RunError(str(e)) from None
+    if not (math.isfinite(cfg.lr) and cfg.lr > 0) or not (math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0):
+        raise RunError(f"--lr must be a finite number > 0 and the weight decay >= 0 (got {cfg.lr}, {cfg.weight_decay})")
     if cfg.trials < 1 or cfg.epochs < 0 or cfg.rank_check < 0 or cfg.rank_check_epochs < 1:
         raise RunError("--trials must be >= 1, --epochs >= 0, --rank-check >= 0 and --rank-check-epochs >= 1")
     try:

@@ -47,6 +47,9 @@ def train_step(net: nn.Module, opt, sched, x: torch.Tensor, y: torch.Tensor, gra
     out = net(x)
     loss = task_loss(net, out, y)
     extra = aux_loss(net)
+    if not torch.isfinite(loss if extra is None else loss + extra):
+        raise FloatingPointError(f"the training loss is {float(loss):g}: the network diverged or computes NaN "
+                                 f"(a lower --lr may help)")
     opt.zero_grad(set_to_none=True)  # inactive supernet paths keep grad None: SGD skips them
     (loss if extra is None else loss + extra).backward()
     nn.utils.clip_grad_norm_(net.parameters(), grad_clip)
@@ -69,7 +72,7 @@ def train_supernet(net: nn.Module, sample_arch: Callable[[random.Random], object
     opt, sched = cosine_sgd(net, lr, weight_decay, total)
     history: List[Dict[str, float]] = []
     net.train()
-    step = 0
+    step = skipped = 0
     with tqdm(total=total, desc="supernet training", unit="batch", disable=not progress,
               dynamic_ncols=True, leave=True) as bar:
         for epoch in range(epochs):
@@ -79,16 +82,26 @@ def train_supernet(net: nn.Module, sample_arch: Callable[[random.Random], object
                 y = y.to(dev, non_blocking=True)
                 net.set_active(sample_arch(rng))
                 set_progress(net, step / total)
-                loss, out = train_step(net, opt, sched, x, y, grad_clip)
                 step += 1
+                try:
+                    loss, out = train_step(net, opt, sched, x, y, grad_clip)
+                except FloatingPointError:  # one path gave NaN: skip its update, keep the schedule
+                    sched.step()
+                    skipped += 1
+                    bar.update(1)
+                    continue
                 loss_sum += loss.item() * len(y)
                 correct += (out.argmax(1) == y).sum().item()
                 seen += len(y)
                 bar.update(1)
                 bar.set_postfix(epoch=f"{epoch + 1}/{epochs}", loss=f"{loss_sum / seen:.3f}",
                                 acc=f"{correct / seen:.3f}")
+            if not seen:
+                raise FloatingPointError(f"supernet training diverged: every step of epoch {epoch + 1} gave a "
+                                         f"NaN or infinite loss (a lower --lr may help)")
             history.append({"epoch": epoch + 1, "loss": loss_sum / max(seen, 1),
-                            "train_acc": correct / max(seen, 1), "seconds": time.time() - t0})
+                            "train_acc": correct / max(seen, 1), "seconds": time.time() - t0,
+                            "skipped_steps": skipped})
     set_progress(net, 1.0)
     return history
 
@@ -119,6 +132,9 @@ def accuracy(net: nn.Module, batches: Batches, memory_format=torch.contiguous_fo
     correct = seen = 0
     for x, y in batches:
         x, y = x.to(dev, memory_format=memory_format), y.to(dev)
-        correct += (net(x).argmax(1) == y).sum().item()
+        out = net(x)
+        if not torch.isfinite(out).all():  # argmax of NaN logits is "always class 0", not an accuracy
+            raise FloatingPointError("the network's outputs are NaN or infinite")
+        correct += (out.argmax(1) == y).sum().item()
         seen += len(y)
     return correct / max(seen, 1)

@@ -4,6 +4,7 @@ its test accuracy.  This is the number to trust; supernet accuracies only rank c
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -100,6 +101,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--out", default=None, help="write the result JSON (and weights .pt) here")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
+    if not (math.isfinite(a.lr) and a.lr > 0) or a.epochs < 1 or a.batch_size < 1 or \
+            not (math.isfinite(a.weight_decay) and a.weight_decay >= 0) or \
+            (a.drop_path is not None and not 0 <= a.drop_path < 1):
+        print(f"{p.prog}: error: --lr must be a finite number > 0, --epochs and --batch-size >= 1, "
+              f"--weight-decay >= 0 and --drop-path in [0, 1)", file=sys.stderr)
+        return 2
     try:
         arch = space.load_arch(a.arch)
         ds = load_dataset(a.data, seed=a.seed)

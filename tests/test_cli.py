@@ -110,6 +110,8 @@ def test_existing_folder_without_resume_is_refused(runs, capsys):
     (["--driver", "hyperband"], "unknown driver"),
     (["--estimator", "zc:synfow"], "did you mean zc:synflow"),
     (["--estimator", "zc:synflow", "--estimator-opt", "bogus=1"], "takes no option bogus"),
+    (["--lr", "nan"], "--lr must be a finite number"),
+    (["--lr", "-0.1"], "--lr must be a finite number"),
 ])
 def test_bad_inputs_are_one_line_errors(tmp_path, args, msg):
     cmd = [sys.executable, "search.py", "--budget", "1MFLOPs", "--out", str(tmp_path / "x"), "--quiet", *args]

@@ -303,3 +303,36 @@ def test_nni_options_are_checked(nni_available):
     assert drivers.get("nni", sampler="tpe").strategy_name == "tpe"
     assert drivers.get("nni").strategy_name == "evolution"  # the CLI's default sampler, nsga2
     assert drivers.get("nni", strategy="RegularizedEvolution").strategy_name == "evolution"
+
+
+class _Odd(Exception):
+    """An exception type no one expects."""
+
+
+def hostile_score(arch) -> float:
+    """Candidates that fail in every way a module or an estimator can: an unexpected exception type,
+    a NaN score, a memory error."""
+    h = int(arch.arch_hash[:8], 16)
+    if h % 4 == 0:
+        raise _Odd("unexpected\nsecond line")
+    if h % 4 == 1:
+        return float("nan")
+    if h % 4 == 2:
+        raise MemoryError()
+    return h / 16 ** 8
+
+
+@pytest.mark.parametrize("name", ["optuna", "random"])  # the in-process drivers (Ray's and NNI's above)
+def test_any_failure_of_a_candidate_is_its_failed_trial(darts, name, tmp_path):
+    drv = drivers.get(name, storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="h", sampler="tpe",
+                      population=None, folder=tmp_path) if name == "optuna" else drivers.get(name)
+    prob = problem(darts, hostile_score, budget="1GFLOPs")
+    recs = collect(drv, prob, 8)
+    assert [r.number for r in recs] == list(range(8))  # the search went on to the end
+    failed = [r for r in recs if r.state == "failed"]
+    assert failed and all(r.score is None for r in failed)
+    msgs = {r.message.split(":")[0] for r in failed}
+    assert msgs <= {"_Odd", "FloatingPointError", "MemoryError"} and all("\n" not in r.message for r in failed)
+    for r in recs:
+        if r.state == "complete":
+            assert r.score == hostile_score(r.arch)

@@ -131,3 +131,17 @@ def test_broken_npz_data_is_refused_in_one_line(tmp_path, over, message):
 def test_a_valid_float_npz_reads(tmp_path):
     ds = load_npz(_npz(tmp_path))
     assert ds.x_train.dtype == np.uint8 and ds.num_classes == 2
+
+
+def test_nan_outputs_are_not_an_accuracy():
+    from torch import nn
+
+    from nas.supernet import accuracy
+
+    class NaNNet(nn.Module):
+        def forward(self, x):
+            return torch.full((x.shape[0], 10), float("nan"))
+
+    x, y = torch.zeros(4, 3, 8, 8), torch.zeros(4, dtype=torch.long)
+    with pytest.raises(FloatingPointError, match="NaN"):
+        accuracy(NaNNet(), [(x, y)])
