@@ -6,6 +6,7 @@ as one FLOP), so "300MFLOPs" == "300MMACs".  Several constraints may be joined w
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import List, Tuple
@@ -51,6 +52,13 @@ def human(n: float) -> str:
 
 
 def _parse_one(text: str) -> Constraint:
+    try:
+        return _parse_number(text)
+    except OverflowError:
+        raise BudgetError(f"budget {text.strip()!r} is too large: give a finite limit") from None
+
+
+def _parse_number(text: str) -> Constraint:
     t = text.strip()
     m = _COUNT.match(t)
     if m:
@@ -66,6 +74,8 @@ def _parse_one(text: str) -> Constraint:
         kind, norm = "latency", f"{value:g}ms"
     if not value > 0:
         raise BudgetError(f"budget {text.strip()!r} must be positive")
+    if not math.isfinite(value):
+        raise BudgetError(f"budget {text.strip()!r} is infinite: give a finite limit")
     return Constraint(kind, value, norm)
 
 

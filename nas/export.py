@@ -37,6 +37,10 @@ def export(folder: Path, records: Sequence[TrialRecord], objectives: Sequence[Ob
     front = front_records(records, objectives)
     archs = folder / "archs"
     archs.mkdir(exist_ok=True)
+    keep = {f"{r.number}.json" for r in front}
+    for old in archs.glob("*.json"):  # after a resume, the front may have moved on
+        if old.name not in keep:
+            old.unlink()
     rows = []
     tests: Dict[str, float] = {}
     for r in front:

@@ -113,6 +113,13 @@ def _latency(cfg: SearchConfig, constraints, sp):
         return None
     try:
         pred = lat.Predictor.load(path, force=cfg.force_lut)
+        if pred.meta.get("space") != sp.name:
+            raise lat.LatencyError(f"{path} is a latency table of the {pred.meta.get('space')!r} space, "
+                                   f"not {sp.name!r}")
+        missing = pred.missing_keys(sp) if cfg.latency_lut else []
+        if missing and not pred.native:
+            raise lat.LatencyError(f"{path} lacks {len(missing)} part(s) of this {sp.name} space (e.g. "
+                                   f"{missing[0]}) and was measured on another machine")
         pred.calibrate()
     except lat.LatencyError as e:
         if wants:
@@ -143,13 +150,61 @@ def _prepare_folder(cfg: SearchConfig, constraints) -> Path:
                 and old.get(k) != mine[k]]
         if diff:
             raise RunError(f"--resume: settings differ from the run in {out}: {', '.join(diff)}")
-    elif out.exists() and any(out.iterdir()):
+    elif out.exists() and not out.is_dir():
+        raise RunError(f"--out {out} is a file, not a folder")
+    elif out.exists() and any(p.name != ".lock" for p in out.iterdir()):
         raise RunError(f"{out} already holds results: choose another --out, or add --resume to continue it")
-    out.mkdir(parents=True, exist_ok=True)
+    fresh = not out.exists() or all(p.name == ".lock" for p in out.iterdir())
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        lock = open(out / ".lock", "w")
+    except OSError as e:
+        raise RunError(f"cannot write to --out {out}: {e.strerror}") from None
+    _lock(out, lock)
+    if fresh:
+        _FRESH.append(out)
     return out
 
 
+_LOCKS: List[Any] = []  # open lock files of this process's run folders, released when its run ends
+_FRESH: List[Path] = []  # folders this run created: removed again if it fails before writing anything
+
+
+def _lock(out: Path, fh) -> None:
+    """One process per run folder: a second one would duplicate trial numbers and overwrite
+    outputs.  (An advisory flock; on systems without fcntl the folder is not locked.)"""
+    try:
+        import fcntl
+    except ImportError:
+        _LOCKS.append(fh)
+        return
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise RunError(f"{out} is in use by another search process: wait for it to end, or choose another "
+                       f"--out") from None
+    _LOCKS.append(fh)
+
+
 def run(cfg: SearchConfig) -> Dict[str, Any]:
+    """The search ``cfg`` describes (see ``SearchConfig``); returns the run's summary."""
+    try:
+        return _run(cfg)
+    except RunError:  # a refused run leaves nothing behind
+        for out in _FRESH:
+            left = {p.name for p in out.iterdir()} if out.is_dir() else set()
+            if left <= {".lock"}:
+                (out / ".lock").unlink(missing_ok=True)
+                out.rmdir()
+        raise
+    finally:
+        _FRESH.clear()
+        while _LOCKS:
+            _LOCKS.pop().close()
+
+
+def _run(cfg: SearchConfig) -> Dict[str, Any]:
     t_start = time.time()
     try:
         constraints = list(parse_budget(cfg.budget))

@@ -113,6 +113,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     except (space.ArchError, DataError, space.UnknownName) as e:
         print(f"{p.prog}: error: {e}", file=sys.stderr)
         return 2
+    if a.out:  # before training, not after: an unwritable --out must not cost the trained result
+        try:
+            Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+            probe = Path(a.out).with_name(f".{Path(a.out).name}.probe")
+            probe.write_text("")
+            probe.unlink()
+        except OSError as e:
+            print(f"{p.prog}: error: cannot write --out {a.out}: {e.strerror}", file=sys.stderr)
+            return 2
     if tuple(ds.input_size) != tuple(arch.input_size):
         print(f"note: the architecture was counted at {tuple(arch.input_size)}; training and testing at the "
               f"data's {tuple(ds.input_size)}", file=sys.stderr)

@@ -155,6 +155,8 @@ def load_arch(path: str | Path) -> ArchBase:
         text = p.read_text()
     except OSError as e:
         raise ArchError(f"cannot read architecture file {p}: {e.strerror}") from None
+    except UnicodeDecodeError:
+        raise ArchError(f"{p} is not a text (JSON) architecture file") from None
     try:
         d = json.loads(text)
     except json.JSONDecodeError as e:

@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -15,6 +16,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from fvcore.nn import FlopCountAnalysis
 
+ROOT_DIR = Path(__file__).resolve().parents[1]
 TINY = ["--data", "digits", "--epochs", "1", "--trials", "8", "--quiet", "--batch-size", "128", "--estimator", "supernet",
         "--ops", "skip_connect,max_pool_3x3,sep_conv_3x3,dil_conv_3x3,do_conv_3x3", "--fusions", "sum",
         "--space-opt", "channels=8", "--space-opt", "cells=3",
@@ -90,10 +92,13 @@ def test_same_seed_same_trials(runs):
 def test_resume_continues_without_repeating(tmp_path):
     rc, out = _run(tmp_path, "r", extra=["--trials", "4"])
     assert rc == 0
+    (out / "archs" / "999.json").write_text("{}")  # a file of an earlier front
     rc = main(["--budget", "8.5MFLOPs", "--out", str(out), "--seed", "3", *TINY, "--trials", "7", "--resume"])
     assert rc == 0
     trials = pd.read_csv(out / "trials.csv")
     assert list(trials.trial) == list(range(7))
+    front = pd.read_csv(out / "pareto.csv")
+    assert sorted(p.name for p in (out / "archs").glob("*.json")) == sorted(f"{t}.json" for t in front.trial)
 
 
 def test_existing_folder_without_resume_is_refused(runs, capsys):
@@ -111,6 +116,8 @@ def test_existing_folder_without_resume_is_refused(runs, capsys):
     (["--estimator", "zc:synfow"], "did you mean zc:synflow"),
     (["--estimator", "zc:synflow", "--estimator-opt", "bogus=1"], "takes no option bogus"),
     (["--lr", "nan"], "--lr must be a finite number"),
+    (["--budget", "1e999MFLOPs"], "too large"),
+    (["--budget", "1e300GFLOPs"], "infinite"),
     (["--lr", "-0.1"], "--lr must be a finite number"),
 ])
 def test_bad_inputs_are_one_line_errors(tmp_path, args, msg):
@@ -120,6 +127,23 @@ def test_bad_inputs_are_one_line_errors(tmp_path, args, msg):
     lines = [l for l in r.stderr.splitlines() if l.strip()]
     assert len(lines) == 1 and msg in lines[0] and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "x").exists(), "a refused run leaves no folder behind"
+
+
+def test_a_run_folder_serves_one_process_and_out_must_be_a_folder(tmp_path, capsys):
+    import fcntl
+
+    out = tmp_path / "busy"
+    out.mkdir()
+    with open(out / ".lock", "w") as held:  # what a running search holds
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert main(["--budget", "8.5MFLOPs", "--out", str(out), *TINY]) == 2
+    err = capsys.readouterr().err
+    assert "in use by another search process" in err and len(err.strip().splitlines()) == 1
+    assert {p.name for p in out.iterdir()} == {".lock"}  # the other run's folder is left as it was
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["--budget", "8.5MFLOPs", "--out", str(afile), *TINY]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err and afile.read_text() == "x"
 
 
 def test_train_an_exported_arch(runs, capsys):
@@ -151,3 +175,29 @@ def test_a_proxy_run_says_what_its_score_is_and_how_far_to_trust_it(tmp_path, ca
     check = pd.read_csv(out / "rank_check.csv")
     assert set(check.group) <= {"top", "random"} and check.trained_val_acc.between(0, 1).all()
     assert summary["rank_check"]["n"] == len(check) >= 3
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["{arch}", "--out", "/proc/no/such/result.json"], "cannot write --out"),
+    (["{binary}"], "is not a text (JSON) architecture file"),
+    (["{arch}", "--lr", "nan"], "--lr must be a finite number"),
+    (["{arch}", "--drop-path", "1.5"], "--drop-path in [0, 1)"),
+])
+def test_nas_train_refuses_bad_inputs_before_training(tmp_path, args, msg):
+    arch, binary = tmp_path / "a.json", tmp_path / "b.json"
+    arch.write_text(space.preset("darts_v2").to_json())
+    binary.write_bytes(bytes(range(256)))
+    args = [a.format(arch=arch, binary=binary) for a in args]
+    r = subprocess.run([sys.executable, "-m", "nas.train", *args, "--data", "digits", "--epochs", "1"],
+                       capture_output=True, text=True, timeout=120, cwd=ROOT_DIR)
+    lines = [l for l in r.stderr.splitlines() if l.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and msg in lines[0] and "Traceback" not in r.stderr, r.stderr
+
+
+def test_a_latency_table_of_another_space_is_refused(tmp_path):
+    table = ROOT_DIR / "nas/latency/tables/metaformer_cpu-amd-epyc_t2_b1.csv"
+    r = subprocess.run([sys.executable, "search.py", "--budget", "300MFLOPs", "--latency-lut", str(table),
+                        "--out", str(tmp_path / "x"), "--quiet", "--data", "digits"],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT_DIR)
+    assert r.returncode == 2 and "latency table of the 'metaformer' space, not 'darts'" in r.stderr
+    assert not (tmp_path / "x").exists()

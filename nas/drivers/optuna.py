@@ -42,7 +42,10 @@ class OptunaDriver(Driver):
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         directions = ["maximize" if o.maximize else "minimize" for o in problem.objectives]
         study = optuna.create_study(storage=self.storage, study_name=self.study_name, directions=directions,
-                                    sampler=self.sampler(seed, n_trials), load_if_exists=start > 0)
+                                    sampler=self.sampler(seed, n_trials), load_if_exists=True)
+        # (always: a run killed during its first trial left a study with no finished trial, and
+        # start == 0 then; a fresh run never reaches here with an existing study, run.py refuses
+        # a folder that already holds results unless --resume)
         done = len([t for t in study.trials if t.state.is_finished()])
         remaining = n_trials - max(done, start)
         number = [max(done, start)]
