@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from typing import Callable, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import torch
 from torch import nn
@@ -60,9 +60,16 @@ def train_step(net: nn.Module, opt, sched, x: torch.Tensor, y: torch.Tensor, gra
 
 def train_supernet(net: nn.Module, sample_arch: Callable[[random.Random], object], batches: Batches,
                    epochs: int, lr: float, weight_decay: float, seed: int, grad_clip: float = 5.0,
-                   progress: bool = True, memory_format=FAST_FORMAT) -> List[Dict[str, float]]:
+                   progress: bool = True, memory_format=FAST_FORMAT,
+                   on_epoch: Optional[Callable[[Dict[str, Any]], None]] = None,
+                   resume: Optional[Dict[str, Any]] = None) -> List[Dict[str, float]]:
     """Single-path training, one ``sample_arch`` path per step; returns per-epoch mean loss and
-    training accuracy."""
+    training accuracy.
+
+    ``on_epoch(state)`` gets, after every epoch, everything a later call needs to go on exactly
+    where this one is (weights, optimiser, schedule, random states, the sampler's state where it
+    has one); ``resume=state`` does so: the result equals an uninterrupted run's.
+    """
     torch.manual_seed(seed)
     dev = device_of(net)
     rng = random.Random(seed)
@@ -71,11 +78,21 @@ def train_supernet(net: nn.Module, sample_arch: Callable[[random.Random], object
     total = max(1, epochs * len(batches))
     opt, sched = cosine_sgd(net, lr, weight_decay, total)
     history: List[Dict[str, float]] = []
+    step = skipped = start = 0
+    if resume is not None:
+        net.load_state_dict(resume["weights"])
+        opt.load_state_dict(resume["opt"])
+        sched.load_state_dict(resume["sched"])
+        rng.setstate(_as_rng_state(resume["rng"]))
+        torch.set_rng_state(resume["torch_rng"].cpu())
+        if resume.get("sampler") is not None and hasattr(sample_arch, "load_state_dict"):
+            sample_arch.load_state_dict(resume["sampler"])
+        history, step, skipped, start = list(resume["history"]), resume["step"], resume["skipped"], resume["epoch"]
+        batches._epoch = start  # the data order of the epochs still to run
     net.train()
-    step = skipped = 0
-    with tqdm(total=total, desc="supernet training", unit="batch", disable=not progress,
+    with tqdm(total=total, initial=step, desc="supernet training", unit="batch", disable=not progress,
               dynamic_ncols=True, leave=True) as bar:
-        for epoch in range(epochs):
+        for epoch in range(start, epochs):
             t0, loss_sum, correct, seen = time.time(), 0.0, 0, 0
             for x, y in batches:
                 x = x.to(dev, non_blocking=True, memory_format=memory_format)
@@ -102,8 +119,19 @@ def train_supernet(net: nn.Module, sample_arch: Callable[[random.Random], object
             history.append({"epoch": epoch + 1, "loss": loss_sum / max(seen, 1),
                             "train_acc": correct / max(seen, 1), "seconds": time.time() - t0,
                             "skipped_steps": skipped})
+            if on_epoch is not None:
+                on_epoch({"epoch": epoch + 1, "epochs": epochs, "history": history, "step": step,
+                          "skipped": skipped, "weights": net.state_dict(), "opt": opt.state_dict(),
+                          "sched": sched.state_dict(), "rng": rng.getstate(), "torch_rng": torch.get_rng_state(),
+                          "sampler": sample_arch.state_dict() if hasattr(sample_arch, "state_dict") else None})
     set_progress(net, 1.0)
     return history
+
+
+def _as_rng_state(s) -> tuple:
+    """random.Random's state, back from a checkpoint (which may hand its tuples back as lists)."""
+    version, internal, gauss = s
+    return (version, tuple(internal), gauss)
 
 
 @torch.no_grad()

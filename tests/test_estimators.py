@@ -122,3 +122,33 @@ def test_op_is_the_same_in_channels_last(name):
         a = op(x)
         b = op.to(memory_format=torch.channels_last)(x.contiguous(memory_format=torch.channels_last))
     assert torch.allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+class _Killed(Exception):
+    pass
+
+
+@pytest.mark.parametrize("sampling", ["uniform", "fair"])
+def test_supernet_training_resumes_mid_training_exactly(ctx, tmp_path, sampling):
+    """A kill after epoch 1 of 3 keeps that epoch (checkpointed atomically); the resumed training
+    ends with the very weights of an uninterrupted one."""
+    whole = make("supernet", dataclasses.replace(ctx, folder=None), epochs=3, sampling=sampling)
+    whole.prepare()
+    killed = make("supernet", dataclasses.replace(ctx, folder=tmp_path), epochs=3, sampling=sampling)
+    save = killed._save
+
+    def save_then_die(state):
+        save(state)
+        if state["epoch"] == 1:
+            raise _Killed()
+
+    killed._save = save_then_die
+    with pytest.raises(_Killed):
+        killed.prepare()
+    assert torch.load(tmp_path / "supernet.pt", weights_only=True)["epoch"] == 1
+    assert not (tmp_path / "supernet.pt.tmp").exists()
+    resumed = make("supernet", dataclasses.replace(ctx, folder=tmp_path), epochs=3, sampling=sampling)
+    resumed.prepare()
+    assert [h["epoch"] for h in resumed.history] == [1, 2, 3]
+    for (k, a), b in zip(whole.net.state_dict().items(), resumed.net.state_dict().values()):
+        assert torch.equal(a, b), k

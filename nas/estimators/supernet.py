@@ -39,6 +39,12 @@ class FairSampler:
             params[k] = q.pop()
         return self.space.decode(params)
 
+    def state_dict(self) -> Dict[str, List[Any]]:
+        return {k: list(q) for k, q in self._queues.items()}
+
+    def load_state_dict(self, state: Dict[str, List[Any]]) -> None:
+        self._queues = {k: list(state.get(k, [])) for k in self.choices}
+
 
 @ESTIMATORS.register("supernet")
 class SupernetEstimator(Estimator):
@@ -78,19 +84,29 @@ class SupernetEstimator(Estimator):
                                       f"({type(e).__name__}: {first}); delete it to train anew") from None
             if not isinstance(state, dict):
                 raise CheckpointError(f"{ck} is not a supernet checkpoint this toolkit wrote, refused")
+            resume = None
             if state.get("fingerprint") == self._hash():
-                self.net.load_state_dict(state["weights"])
-                self.history = state.get("history", [])
-                log.info("loaded the trained supernet from %s", ck)
-                return
+                if state.get("epoch", self.epochs) >= self.epochs:  # trained to the end
+                    self.net.load_state_dict(state["weights"])
+                    self.history = state.get("history", [])
+                    log.info("loaded the trained supernet from %s", ck)
+                    return
+                resume = state  # killed mid-training: go on from its last finished epoch
+                log.info("resuming supernet training from epoch %d of %d (%s)", state["epoch"], self.epochs, ck)
+        else:
+            resume = None
         sample = FairSampler(self.ctx.space) if self.sampling == "fair" else self.ctx.space.sample
         self.history = train_supernet(self.net, sample, self.ctx.splits.train, self.epochs, self.lr,
-                                      self.ctx.weight_decay, self.ctx.seed, progress=self.ctx.progress)
-        if ck is not None:  # atomically: a kill mid-write leaves no torn checkpoint
-            tmp = ck.with_name(ck.name + ".tmp")
-            torch.save({"fingerprint": self._hash(), "weights": self.net.state_dict(),
-                        "history": self.history}, tmp)
-            os.replace(tmp, ck)
+                                      self.ctx.weight_decay, self.ctx.seed, progress=self.ctx.progress,
+                                      on_epoch=self._save if ck is not None else None, resume=resume)
+        if ck is not None and self.epochs == 0:
+            self._save({"epoch": 0, "history": [], "weights": self.net.state_dict()})
+
+    def _save(self, state: Dict[str, Any]) -> None:
+        """Every epoch, atomically (temp file + rename): a kill leaves the last finished epoch."""
+        tmp = self.checkpoint.with_name(self.checkpoint.name + ".tmp")
+        torch.save({"fingerprint": self._hash(), **state}, tmp)
+        os.replace(tmp, self.checkpoint)
 
     def _with(self, arch: ArchBase, split) -> float:
         torch.manual_seed(self.ctx.seed)  # stochastic layers see the same draws whatever the order
