@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="after the search, train the top-K and K random candidates stand-alone briefly and "
                         "report the estimator's Kendall tau on this data (default off)")
     p.add_argument("--rank-check-epochs", type=int, default=1, help="epochs per rank-check training (default 1)")
+    p.add_argument("--verdict-pairs", type=int, default=3,
+                   help="module verdicts (modules.csv): the best candidates per module ablated to its plain "
+                        "counterpart and scored again (default 3; 0 lists usage only)")
     p.add_argument("--epochs", type=int, default=6, help="supernet training epochs (default 6)")
     p.add_argument("--data", default=None,
                    help="CIFAR-10 batches folder (downloaded if missing), 'cifar10' (cache folder), an .npz with "
@@ -148,7 +151,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                        driver_options=dict(args.driver_opt),
                        population=args.population, trials=args.trials, epochs=args.epochs,
                        estimator=args.estimator or SearchConfig.estimator, estimator_options=dict(args.estimator_opt),
-                       rank_check=args.rank_check, rank_check_epochs=args.rank_check_epochs,
+                       rank_check=args.rank_check, rank_check_epochs=args.rank_check_epochs, verdict_pairs=args.verdict_pairs,
                        batch_size=args.batch_size, lr=args.lr, data=args.data, out=args.out, seed=args.seed,
                        storage=args.storage, latency_lut=args.latency_lut, force_lut=args.force_lut,
                        threads=args.threads, device=args.device, resume=args.resume, progress=not args.quiet)

@@ -58,3 +58,36 @@ def plot_pareto(trials: pd.DataFrame, front: pd.DataFrame, constraints: Sequence
     fig.savefig(path, dpi=130)
     plt.close(fig)
     return path
+
+
+VERDICT_COLORS = {"pays off": "#1b9e77", "costs accuracy": "#d95f02", "no measurable effect": "#7570b3",
+                  "too few pairs": "#bbbbbb"}
+
+
+def plot_modules(df: pd.DataFrame, path: Path, title: str, score_label: str = "score") -> None:
+    """The module verdicts of ``nas.verdicts.module_verdicts``: per module the paired change in
+    score (with - without) and its interval, coloured by verdict, with the front's enrichment."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    d = df.sort_values("d_score", na_position="first").reset_index(drop=True)
+    fig, ax = plt.subplots(figsize=(8.5, 1.2 + 0.32 * max(1, len(d))))
+    y = range(len(d))
+    for i, r in d.iterrows():
+        c = VERDICT_COLORS.get(r.verdict, "#bbbbbb")
+        if r.pairs:
+            ax.plot([r.d_score_lo, r.d_score_hi], [i, i], color=c, lw=2.5, solid_capstyle="butt")
+            ax.plot([r.d_score], [i], "o", color=c, ms=5)
+        ax.annotate(f"x{r.enrichment:.1f} on front, {r.pairs} pairs, {r.d_mflops:+.1f} MFLOPs"
+                    if r.pairs else f"x{r.enrichment:.1f} on front, no pairs",
+                    (1.01, i), xycoords=("axes fraction", "data"), va="center", fontsize=7)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(list(y), [f"{r.module} ({r.role} -> {r.plain})" for r in d.itertuples()], fontsize=8)
+    ax.set_xlabel(f"change in {score_label} with the module instead of its plain counterpart (95% interval)")
+    handles = [plt.Line2D([], [], color=c, lw=3, label=v) for v, c in VERDICT_COLORS.items()]
+    ax.legend(handles=handles, fontsize=7, loc="lower right")
+    ax.set_title(title, fontsize=9)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)

@@ -25,7 +25,8 @@ from .data import Dataset, Splits, load_dataset
 from . import estimators
 from .export import best_record, export
 from .flops import CONVENTION
-from .plots import plot_pareto
+from .plots import plot_modules, plot_pareto
+from .verdicts import module_verdicts
 from .problem import Objective, Problem, TrialRecord
 from .rank.check import DIGITS_NOTE, benchmarked, rank_check, trust_line
 from .results import TRIAL_COLUMNS, TrialLog, default_run_dir, device_info, versions, write_json
@@ -53,6 +54,7 @@ class SearchConfig:
     estimator_options: Dict[str, Any] = field(default_factory=dict)  # e.g. supernet: sampling=fair
     rank_check: int = 0  # train the top-K and K random candidates stand-alone and report the estimator's tau
     rank_check_epochs: int = 1  # epochs of each rank-check training (reduced copy, as the ground truth)
+    verdict_pairs: int = 3  # per module, the best candidates using it that modules.csv ablates (0: none)
     epochs: int = 6  # supernet epochs: a usable ranking within minutes on a 2-core CPU
     batch_size: int = 64  # supernet training batch
     lr: float = 0.05  # SGD with Nesterov momentum, cosine schedule (SPOS-like)
@@ -212,8 +214,9 @@ def _run(cfg: SearchConfig) -> Dict[str, Any]:
         raise RunError(str(e)) from None
     if not (math.isfinite(cfg.lr) and cfg.lr > 0) or not (math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0):
         raise RunError(f"--lr must be a finite number > 0 and the weight decay >= 0 (got {cfg.lr}, {cfg.weight_decay})")
-    if cfg.trials < 1 or cfg.epochs < 0 or cfg.rank_check < 0 or cfg.rank_check_epochs < 1:
-        raise RunError("--trials must be >= 1, --epochs >= 0, --rank-check >= 0 and --rank-check-epochs >= 1")
+    if cfg.trials < 1 or cfg.epochs < 0 or cfg.rank_check < 0 or cfg.rank_check_epochs < 1 or cfg.verdict_pairs < 0:
+        raise RunError("--trials must be >= 1, --epochs >= 0, --rank-check >= 0, --rank-check-epochs >= 1 and "
+                       "--verdict-pairs >= 0")
     try:
         estimators.check_options(cfg.estimator, cfg.estimator_options)
     except (UnknownName, ValueError) as e:
@@ -324,7 +327,7 @@ def _run(cfg: SearchConfig) -> Dict[str, Any]:
     phases["search_s"] = time.time() - t0
 
     t0 = time.time()
-    summary = finalize(folder, records, objectives, constraints, sp, est, costs, ds)
+    summary = finalize(folder, records, objectives, constraints, sp, est, costs, ds, cfg.verdict_pairs)
     phases["export_s"] = time.time() - t0
     check = None
     if cfg.rank_check and not interrupted:
@@ -376,7 +379,7 @@ def _baselines(sp, est, costs: CostModel) -> pd.DataFrame:
 
 
 def finalize(folder: Path, records: List[TrialRecord], objectives, constraints, sp, est, costs: CostModel,
-             ds: Dataset) -> Dict[str, Any]:
+             ds: Dataset, verdict_pairs: int = 3) -> Dict[str, Any]:
     res = export(folder, records, objectives, test_accuracy=est.test_accuracy)
     base = _baselines(sp, est, costs)
     base.to_csv(folder / "baselines.csv", index=False)
@@ -388,6 +391,10 @@ def finalize(folder: Path, records: List[TrialRecord], objectives, constraints, 
              f"(1 FLOP = 1 multiply-add, fvcore) | {what} on {ds.name} validation split")
     plot_pareto(trials, front, constraints, folder / "pareto.png", title, baselines=base,
                 accuracy_label=("validation accuracy" if est.is_accuracy else f"score ({est.name}, higher ranks better)"))
+    verdicts = module_verdicts(sp, records, res["front"], est.score, costs, k=verdict_pairs, seed=0)
+    verdicts.to_csv(folder / "modules.csv", index=False)
+    plot_modules(verdicts, folder / "modules.png", f"which modules pay off: {title}",
+                 score_label=("validation accuracy" if est.is_accuracy else f"{est.name} score"))
     best = res["best"]
     return {"trials": len(records), "within_budget": sum(r.feasible for r in records),
             "over_budget": sum(r.state == "over_budget" for r in records),

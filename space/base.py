@@ -95,6 +95,20 @@ class SearchSpace:
         """Every distinct part the space can produce (what a latency table must hold)."""
         raise NotImplementedError
 
+    # -- modules, for verdicts: which published modules an arch uses, and the arch without one --
+    def modules(self, arch: ArchBase) -> Dict[Tuple[str, str], int]:
+        """(role, module name) -> how often ``arch`` uses it, for the modules that have a plain
+        counterpart (the plain ones themselves are not listed)."""
+        raise NotImplementedError
+
+    def plain(self, role: str, name: str) -> str:
+        """The plain counterpart of module ``name`` in ``role`` (what ``without`` puts in)."""
+        return getattr(self, "PLAIN")[role]
+
+    def without(self, arch: ArchBase, role: str, name: str) -> ArchBase:
+        """``arch`` with every use of ``name`` in ``role`` replaced by its plain counterpart."""
+        raise NotImplementedError
+
     @staticmethod
     def recipe_drop_path(arch: ArchBase) -> float:
         """The stochastic-depth rate ``nas.train`` uses unless told (the family's official

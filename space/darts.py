@@ -64,6 +64,26 @@ DEFAULT_OPS = ("cfnet_focal", "cga", "cga_3x3", "skip_connect", "max_pool_3x3", 
 DEFAULT_FUSIONS = ("cga_fusion", "sum", "aff", "iaff")
 
 
+# Plain counterparts of the edge ops, for module verdicts: a conv becomes DARTS' separable conv of
+# its kernel, an attention op its own conv without the attention (``se_3x3`` -> ``conv_3x3``),
+# VAN's attention (on the identity path) ``skip_connect``; a fusion becomes ``sum``.
+PLAIN_OPS = ("none", "skip_connect", "max_pool_3x3", "avg_pool_3x3", "sep_conv_3x3", "sep_conv_5x5",
+             "dil_conv_3x3", "dil_conv_5x5", "conv_1x1", "conv_3x3")
+PLAIN_OVERRIDES = {"lka": "skip_connect"}
+
+
+def plain_op(name: str) -> Optional[str]:
+    """The plain counterpart of edge op ``name`` (None: it is plain itself)."""
+    if name in PLAIN_OPS:
+        return None
+    if name in PLAIN_OVERRIDES:
+        return PLAIN_OVERRIDES[name]
+    k = 5 if name.endswith("_5x5") else 3
+    if "attention" in OPS.tags(name):
+        return f"conv_{k}x{k}" if name.endswith(("_3x3", "_5x5")) else "conv_1x1"
+    return f"sep_conv_{k}x{k}"
+
+
 def _pairs(node: int) -> List[str]:
     return [f"{a}-{b}" for a, b in itertools.combinations(range(node + 2), 2)]
 
@@ -147,6 +167,24 @@ class DartsSpace(SearchSpace):
                 out[f"{cell_name}_n{i}_op0"], out[f"{cell_name}_n{i}_op1"] = o1, o2
                 out[f"{cell_name}_n{i}_combine"] = cell.combine[i]
         return out
+
+    def modules(self, arch: DartsArch) -> Dict[Tuple[str, str], int]:
+        out: Dict[Tuple[str, str], int] = {}
+        for cell in (arch.normal, arch.reduce):
+            for key in [("op", n) for n, _ in cell.edges if plain_op(n)] + \
+                       [("fusion", c) for c in cell.combine if c != "sum"]:
+                out[key] = out.get(key, 0) + 1
+        return out
+
+    def plain(self, role: str, name: str) -> str:
+        return (plain_op(name) or name) if role == "op" else "sum"
+
+    def without(self, arch: DartsArch, role: str, name: str) -> DartsArch:
+        def cell(c: Cell) -> Cell:
+            if role == "op":
+                return replace(c, edges=tuple((plain_op(n) if n == name else n, i) for n, i in c.edges))
+            return replace(c, combine=tuple("sum" if n == name else n for n in c.combine))
+        return replace(arch, normal=cell(arch.normal), reduce=cell(arch.reduce))
 
     def supernet(self, num_classes: int, input_size: Sequence[int]) -> DartsSupernet:
         return DartsSupernet(self.ops, self.fusions, self.supernet_channels, self.supernet_cells,

@@ -60,7 +60,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import replace
-from typing import Any, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from torch import nn
 
@@ -256,6 +256,27 @@ class MetaformerSpace(SearchSpace):
             raise ValueError(f"arch differs from this space's {self.style!r} style or input size "
                              "in fields that are not choices")
         return out
+
+    # plain counterparts for module verdicts: PoolFormer's pooling, the transformer MLP, no neck
+    PLAIN = {"token": "pool_mixer", "channel": "mlp", "neck": "none"}
+
+    def modules(self, arch: MetaformerArch) -> Dict[Tuple[str, str], int]:
+        out: Dict[Tuple[str, str], int] = {}
+        uses = [u for s in arch.stages if s.depth > s.conv_blocks
+                for u in (("token", s.token_mixer), ("channel", s.channel_mixer))] + [("neck", arch.neck)]
+        for key in uses:
+            if key[1] != self.PLAIN[key[0]]:
+                out[key] = out.get(key, 0) + 1
+        return out
+
+    def without(self, arch: MetaformerArch, role: str, name: str) -> MetaformerArch:
+        plain = self.PLAIN[role]
+        if role == "neck":
+            return replace(arch, neck=plain) if arch.neck == name else arch
+        field = "token_mixer" if role == "token" else "channel_mixer"
+        stages = tuple(replace(s, **{field: plain}, **({"mixer_kw": ()} if role == "token" else {}))
+                       if getattr(s, field) == name else s for s in arch.stages)
+        return replace(arch, stages=stages)
 
     def supernet(self, num_classes: int, input_size: Sequence[int]) -> nn.Module:
         maps = [width_map(ws, sw) for ws, sw in zip(self.widths, self.supernet_widths)]

@@ -317,6 +317,26 @@ class MobileSpace(SearchSpace):
             raise ValueError(f"the arch's genet head has {arch.head_groups} groups, the space {self.genet_groups}")
         return out
 
+    # plain counterparts for module verdicts: the plain depthwise conv, no attention, the add, the
+    # MobileNetV2 head
+    PLAIN = {"conv": "plain", "attention": "none", "fusion": "sum", "head": "plain"}
+
+    def modules(self, arch: MobileArch) -> Dict[Tuple[str, str], int]:
+        out: Dict[Tuple[str, str], int] = {}
+        uses = [(r, getattr(p.block, r)) for p in plan(arch).blocks for r in ("conv", "attention", "fusion")
+                if r != "fusion" or p.residual]
+        for key in uses + [("head", arch.head)]:
+            if key[1] != self.PLAIN[key[0]]:
+                out[key] = out.get(key, 0) + 1
+        return out
+
+    def without(self, arch: MobileArch, role: str, name: str) -> MobileArch:
+        plain = self.PLAIN[role]
+        if role == "head":
+            return replace(arch, head=plain, head_groups=1) if arch.head == name else arch
+        return replace(arch, stages=tuple(replace(st, blocks=tuple(
+            replace(b, **{role: plain}) if getattr(b, role) == name else b for b in st.blocks)) for st in arch.stages))
+
     def supernet(self, num_classes: int, input_size: Sequence[int]) -> nn.Module:
         return MobileSupernet(self, num_classes, input_size)
 

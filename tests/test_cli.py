@@ -22,7 +22,7 @@ TINY = ["--data", "digits", "--epochs", "1", "--trials", "8", "--quiet", "--batc
         "--space-opt", "channels=8", "--space-opt", "cells=3",
         "--space-opt", "supernet_channels=4", "--space-opt", "supernet_cells=2"]
 FILES = ["config.json", "trials.csv", "pareto.csv", "best.json", "pareto.png", "baselines.csv", "summary.json",
-         "study.db", "trials.jsonl"]
+         "study.db", "trials.jsonl", "modules.csv", "modules.png"]
 
 
 def _run(tmp_path, name, budget="8.5MFLOPs", extra=()):
@@ -56,6 +56,9 @@ def test_run_writes_every_output(runs):
     assert trials[trials.state == "over_budget"].val_acc.isna().all()  # rejected before any evaluation
     assert (trials[trials.state == "complete"].val_acc.between(0, 1)).all()
     assert list((out / "archs").glob("*.json")), "the Pareto front is exported"
+    mods = pd.read_csv(out / "modules.csv")
+    assert len(mods) and set(mods.verdict) <= {"pays off", "costs accuracy", "no measurable effect", "too few pairs"}
+    assert (mods.evaluated >= 1).all() and (mods.pairs <= 3).all()
 
 
 def test_exported_archs_are_within_budget_by_plain_fvcore(runs):

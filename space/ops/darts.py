@@ -96,6 +96,18 @@ def dil_conv_5x5(C_in: int, C_out: int, stride: int, **kw) -> nn.Module:
     return DilConv(C_in, C_out, 5, check_stride(stride))
 
 
+# The attention ops' convs without their attention (``se`` is ReLUConvBN 1x1 then SE, ``se_3x3``
+# 3x3): the plain counterparts a module verdict ablates to.  Not default candidates.
+@OPS.register("conv_1x1", tags={"conv", "plain"})
+def conv_1x1(C_in: int, C_out: int, stride: int, **kw) -> nn.Module:
+    return ReLUConvBN(C_in, C_out, 1, check_stride(stride), 0)
+
+
+@OPS.register("conv_3x3", tags={"conv", "plain"})
+def conv_3x3(C_in: int, C_out: int, stride: int, **kw) -> nn.Module:
+    return ReLUConvBN(C_in, C_out, 3, check_stride(stride), 1)
+
+
 class Sum(nn.Module):
     """DARTS' node combine: ``h1 + h2``."""
 

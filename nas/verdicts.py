@@ -1,0 +1,110 @@
+"""Which modules pay off at this budget: per module of the space, how often it was chosen, how much
+more often the front chose it (enrichment), and a paired ablation.
+
+For each of the ``k`` best-scoring feasible candidates that use a module, every use of it is
+replaced by the space's plain counterpart for its role (``space.without``; e.g. a conv op by
+DARTS' separable conv of its kernel, an attention op by its conv alone, a fusion by ``sum``, a
+token mixer by pooling).  Both are scored by the run's estimator and counted the same way; the
+change in score (with - without) gets a bootstrap interval over the pairs, and the interval
+decides the verdict: *pays off* (above 0), *costs accuracy* (below 0), *no measurable effect*
+(spans 0).  With fewer than ``MIN_PAIRS`` pairs there is no verdict.  Scores are in the
+estimator's units (an accuracy for the supernet, a proxy value for ``zc:*``): they compare
+modules with each other, not with accuracies elsewhere.
+
+Computed here, drawn by ``nas.plots.plot_modules``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+MIN_PAIRS = 3  # a bootstrap over fewer pairs is no interval
+COLUMNS = ["role", "module", "plain", "evaluated", "share_evaluated", "on_front", "share_front", "enrichment",
+           "pairs", "d_score", "d_score_lo", "d_score_hi", "d_mflops", "d_params", "d_latency_ms",
+           "score_per_mflop", "verdict"]
+
+
+def bootstrap_mean(values: Sequence[float], n: int = 2000, level: float = 0.95, seed: int = 0):
+    """(mean, low, high): the percentile bootstrap interval of the mean of ``values``."""
+    v = np.asarray(values, float)
+    if len(v) == 0:
+        return math.nan, math.nan, math.nan
+    means = np.random.default_rng(seed).choice(v, (n, len(v)), replace=True).mean(1)
+    a = (1 - level) / 2
+    return float(v.mean()), float(np.quantile(means, a)), float(np.quantile(means, 1 - a))
+
+
+def verdict(lo: float, hi: float, pairs: int) -> str:
+    if pairs < MIN_PAIRS or math.isnan(lo):
+        return "too few pairs"
+    if lo > 0:
+        return "pays off"
+    if hi < 0:
+        return "costs accuracy"
+    return "no measurable effect"
+
+
+def module_verdicts(space, records: Sequence[Any], front: Sequence[Any], score: Callable[[Any], float],
+                    costs: Callable[[Any], Dict[str, float]], k: int = 3, seed: int = 0,
+                    progress: Optional[Callable[[int, int], None]] = None) -> pd.DataFrame:
+    """One row per module the evaluated (feasible) candidates used; see the module docstring."""
+    evaluated = [r for r in records if r.state == "complete" and r.arch is not None]
+    if not evaluated:
+        return pd.DataFrame(columns=COLUMNS)
+    uses = {r.number: space.modules(r.arch) for r in evaluated}
+    front_ids = {r.number for r in front}
+    keys = sorted({key for u in uses.values() for key in u})
+    scored: Dict[str, float] = {}
+
+    def score_of(arch) -> float:
+        h = arch.arch_hash
+        if h not in scored:
+            scored[h] = float(score(arch))
+        return scored[h]
+
+    def cost_of(arch) -> Dict[str, float]:
+        try:
+            return costs(arch)
+        except Exception:  # e.g. a latency table without the plain op's entry: no latency then
+            from nas.flops import PartCounter
+            import space as S
+            parts = S.parts(arch)
+            pc = PartCounter()
+            return {"flops": pc.total(parts), "params": pc.params(parts)}
+
+    rows: List[Dict[str, Any]] = []
+    for i, (role, name) in enumerate(keys):
+        users = sorted((r for r in evaluated if (role, name) in uses[r.number]), key=lambda r: -(r.score or 0))
+        on_front = sum(r.number in front_ids for r in users)
+        deltas, dflops, dparams, dlat = [], [], [], []
+        for r in users[:k]:
+            plain_arch = space.without(r.arch, role, name)
+            try:
+                s2, c2 = score_of(plain_arch), cost_of(plain_arch)
+            except Exception:  # the counterpart cannot be built or scored: no pair
+                continue
+            if not math.isfinite(s2):
+                continue
+            deltas.append(r.score - s2)
+            dflops.append((r.flops - c2["flops"]) / 1e6)
+            dparams.append(r.n_params - c2["params"])
+            if r.latency_ms is not None and c2.get("latency_ms") is not None:
+                dlat.append(r.latency_ms - c2["latency_ms"])
+        mean, lo, hi = bootstrap_mean(deltas, seed=seed)
+        share_eval = len(users) / len(evaluated)
+        share_front = on_front / max(1, len(front_ids))
+        mflops = float(np.mean(dflops)) if dflops else math.nan
+        rows.append({"role": role, "module": name, "plain": space.plain(role, name),
+                     "evaluated": len(users), "share_evaluated": share_eval, "on_front": on_front,
+                     "share_front": share_front, "enrichment": share_front / share_eval if share_eval else math.nan,
+                     "pairs": len(deltas), "d_score": mean, "d_score_lo": lo, "d_score_hi": hi, "d_mflops": mflops,
+                     "d_params": float(np.mean(dparams)) if dparams else math.nan,
+                     "d_latency_ms": float(np.mean(dlat)) if dlat else math.nan,
+                     "score_per_mflop": mean / mflops if dflops and abs(mflops) > 1e-9 else math.nan,
+                     "verdict": verdict(lo, hi, len(deltas))})
+        if progress is not None:
+            progress(i + 1, len(keys))
+    return pd.DataFrame(rows, columns=COLUMNS)
