@@ -101,6 +101,14 @@ class SearchSpace:
         counterpart (the plain ones themselves are not listed)."""
         raise NotImplementedError
 
+    def count_uses(self, uses: Iterable[Tuple[str, str]]) -> Dict[Tuple[str, str], int]:
+        """``modules`` from a list of (role, name) uses: the plain ones left out."""
+        out: Dict[Tuple[str, str], int] = {}
+        for role, name in uses:
+            if name != self.plain(role, name):
+                out[(role, name)] = out.get((role, name), 0) + 1
+        return out
+
     def plain(self, role: str, name: str) -> str:
         """The plain counterpart of module ``name`` in ``role`` (what ``without`` puts in)."""
         return getattr(self, "PLAIN")[role]

@@ -169,12 +169,8 @@ class DartsSpace(SearchSpace):
         return out
 
     def modules(self, arch: DartsArch) -> Dict[Tuple[str, str], int]:
-        out: Dict[Tuple[str, str], int] = {}
-        for cell in (arch.normal, arch.reduce):
-            for key in [("op", n) for n, _ in cell.edges if plain_op(n)] + \
-                       [("fusion", c) for c in cell.combine if c != "sum"]:
-                out[key] = out.get(key, 0) + 1
-        return out
+        return self.count_uses([u for cell in (arch.normal, arch.reduce)
+                                for u in [("op", n) for n, _ in cell.edges] + [("fusion", c) for c in cell.combine]])
 
     def plain(self, role: str, name: str) -> str:
         return (plain_op(name) or name) if role == "op" else "sum"

@@ -261,13 +261,9 @@ class MetaformerSpace(SearchSpace):
     PLAIN = {"token": "pool_mixer", "channel": "mlp", "neck": "none"}
 
     def modules(self, arch: MetaformerArch) -> Dict[Tuple[str, str], int]:
-        out: Dict[Tuple[str, str], int] = {}
-        uses = [u for s in arch.stages if s.depth > s.conv_blocks
-                for u in (("token", s.token_mixer), ("channel", s.channel_mixer))] + [("neck", arch.neck)]
-        for key in uses:
-            if key[1] != self.PLAIN[key[0]]:
-                out[key] = out.get(key, 0) + 1
-        return out
+        return self.count_uses([u for s in arch.stages if s.depth > s.conv_blocks
+                                for u in (("token", s.token_mixer), ("channel", s.channel_mixer))]
+                               + [("neck", arch.neck)])
 
     def without(self, arch: MetaformerArch, role: str, name: str) -> MetaformerArch:
         plain = self.PLAIN[role]

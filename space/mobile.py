@@ -322,13 +322,9 @@ class MobileSpace(SearchSpace):
     PLAIN = {"conv": "plain", "attention": "none", "fusion": "sum", "head": "plain"}
 
     def modules(self, arch: MobileArch) -> Dict[Tuple[str, str], int]:
-        out: Dict[Tuple[str, str], int] = {}
-        uses = [(r, getattr(p.block, r)) for p in plan(arch).blocks for r in ("conv", "attention", "fusion")
-                if r != "fusion" or p.residual]
-        for key in uses + [("head", arch.head)]:
-            if key[1] != self.PLAIN[key[0]]:
-                out[key] = out.get(key, 0) + 1
-        return out
+        return self.count_uses([(r, getattr(p.block, r)) for p in plan(arch).blocks
+                                for r in ("conv", "attention", "fusion") if r != "fusion" or p.residual]
+                               + [("head", arch.head)])
 
     def without(self, arch: MobileArch, role: str, name: str) -> MobileArch:
         plain = self.PLAIN[role]
