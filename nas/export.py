@@ -59,7 +59,7 @@ def export(folder: Path, records: Sequence[TrialRecord], objectives: Sequence[Ob
         write_json(folder / "best.json", {
             "trial": best.number, "arch_hash": best.arch_hash, "score": best.score, "estimator": best.estimator,
             "val_acc": best.val_acc,
-            "test_acc_inherited": tests.get(best.arch_hash), "flops": best.flops, "params": best.n_params,
+            "test_acc_inherited": tests.get(best.arch_hash), "flops": best.flops, "params": best.params,
             "latency_ms": best.latency_ms, "arch": best.arch.to_dict()})
     elif (folder / "best.json").exists():
         (folder / "best.json").unlink()

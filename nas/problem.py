@@ -25,13 +25,13 @@ class Objective:
 @dataclass
 class TrialRecord:
     number: int
-    params: Dict[str, Any]
+    choices: Dict[str, Any]  # the driver's values for the space's choices
     state: str
     seconds: float
     arch: Optional[ArchBase] = None
     arch_hash: str = ""
     flops: Optional[int] = None
-    n_params: Optional[int] = None
+    params: Optional[int] = None  # parameter count of the deployed network
     latency_ms: Optional[float] = None
     score: Optional[float] = None  # the estimator's; higher ranks better
     val_acc: Optional[float] = None  # the score, where the estimator's score is a validation accuracy
@@ -44,7 +44,7 @@ class TrialRecord:
         return self.state == "complete"
 
     def metric(self, name: str) -> Optional[float]:
-        return {"score": self.score, "flops": self.flops, "params": self.n_params,
+        return {"score": self.score, "flops": self.flops, "params": self.params,
                 "latency_ms": self.latency_ms}[name]
 
     def values(self, objectives: Sequence[Objective]) -> List[float]:
@@ -57,24 +57,25 @@ class TrialRecord:
         return out
 
     def to_row(self) -> Dict[str, Any]:
-        return {"trial": self.number, "arch_hash": self.arch_hash, "params": self.n_params,
+        return {"trial": self.number, "arch_hash": self.arch_hash, "params": self.params,
                 "flops": self.flops, "latency_ms": self.latency_ms, "score": self.score, "estimator": self.estimator,
                 "val_acc": self.val_acc, "state": self.state, "seconds": round(self.seconds, 3), "message": self.message}
 
     def to_json(self) -> Dict[str, Any]:
         d = self.to_row()
-        d.update(choices=self.params, violations=self.violations,
+        d.update(choices=self.choices, violations=self.violations,
                  arch=self.arch.to_dict() if self.arch is not None else None)
         return d
 
     @classmethod
-    def from_json(cls, d: Dict[str, Any]) -> "TrialRecord":
+    def from_json(cls, d: Dict[str, Any], numbered: bool = True) -> "TrialRecord":
         """A record read back from trials.jsonl, every field checked first (the file names
-        output paths: ``archs/<trial>.json``); ValueError says which field is wrong."""
-        _check_record(d)
+        output paths: ``archs/<trial>.json``); ValueError says which field is wrong.
+        ``numbered=False``: a record in flight, numbered -1 until the driver numbers it (Ray)."""
+        _check_record(d, numbered)
         arch = ArchBase.from_dict(d["arch"]) if d.get("arch") else None
-        return cls(number=d["trial"], params=d.get("choices", {}), state=d["state"], seconds=d["seconds"],
-                   arch=arch, arch_hash=d.get("arch_hash", ""), flops=d.get("flops"), n_params=d.get("params"),
+        return cls(number=d["trial"], choices=d.get("choices", {}), state=d["state"], seconds=d["seconds"],
+                   arch=arch, arch_hash=d.get("arch_hash", ""), flops=d.get("flops"), params=d.get("params"),
                    latency_ms=d.get("latency_ms"), val_acc=d.get("val_acc"),
                    score=d.get("score", d.get("val_acc")), estimator=d.get("estimator", ""),
                    violations=d.get("violations", {}), message=d.get("message", ""))
@@ -83,14 +84,14 @@ class TrialRecord:
 TRIAL_STATES = ("complete", "over_budget", "failed")
 
 
-def _check_record(d: Any) -> None:
+def _check_record(d: Any, numbered: bool = True) -> None:
     def num(v, ok_none=True):
         return (v is None and ok_none) or (isinstance(v, (int, float)) and not isinstance(v, bool))
 
     if not isinstance(d, dict):
         raise ValueError(f"a trial record is a JSON object, got {type(d).__name__}")
     n = d.get("trial")
-    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+    if not isinstance(n, int) or isinstance(n, bool) or n < (0 if numbered else -1):
         raise ValueError(f"trial number must be an integer >= 0, got {n!r}")
     if d.get("state") not in TRIAL_STATES:
         raise ValueError(f"trial {n}: state must be one of {', '.join(TRIAL_STATES)}, got {d.get('state')!r}")
@@ -121,13 +122,13 @@ class Problem:
 
     def evaluate(self, params: Dict[str, Any], number: int) -> TrialRecord:
         t0 = time.perf_counter()
-        rec = TrialRecord(number=number, params=dict(params), state="failed", seconds=0.0, estimator=self.estimator)
+        rec = TrialRecord(number=number, choices=dict(params), state="failed", seconds=0.0, estimator=self.estimator)
         try:
             arch = self.space.decode(params)
             rec.arch, rec.arch_hash = arch, arch.arch_hash
             c = self.costs(arch)
-            rec.flops, rec.n_params, rec.latency_ms = int(c["flops"]), int(c["params"]), c.get("latency_ms")
-            values = {"flops": rec.flops, "params": rec.n_params, "latency": rec.latency_ms}
+            rec.flops, rec.params, rec.latency_ms = int(c["flops"]), int(c["params"]), c.get("latency_ms")
+            values = {"flops": rec.flops, "params": rec.params, "latency": rec.latency_ms}
             rec.violations = {k.kind: k.violation(values[k.kind]) for k in self.constraints}
             if any(v > 0 for v in rec.violations.values()):
                 rec.state = "over_budget"

@@ -403,5 +403,5 @@ def finalize(folder: Path, records: List[TrialRecord], objectives, constraints, 
             "best_summary": None if best is None else {
                 "trial": best.number, "score": best.score, "val_acc": best.val_acc, "estimator": best.estimator,
                 "test_acc_inherited": res["tests"].get(best.arch_hash),
-                "flops": best.flops, "params": best.n_params, "latency_ms": best.latency_ms},
+                "flops": best.flops, "params": best.params, "latency_ms": best.latency_ms},
             "folder": str(folder)}

@@ -90,7 +90,7 @@ def module_verdicts(space, records: Sequence[Any], front: Sequence[Any], score: 
                 continue
             deltas.append(r.score - s2)
             dflops.append((r.flops - c2["flops"]) / 1e6)
-            dparams.append(r.n_params - c2["params"])
+            dparams.append(r.params - c2["params"])
             if r.latency_ms is not None and c2.get("latency_ms") is not None:
                 dlat.append(r.latency_ms - c2["latency_ms"])
         mean, lo, hi = bootstrap_mean(deltas, seed=seed)

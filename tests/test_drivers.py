@@ -60,8 +60,8 @@ def collect(driver, prob, n, seed=0, start=0):
 def check_records(recs, prob, n, start=0):
     assert [r.number for r in recs] == list(range(start, n))
     for r in recs:
-        assert set(r.params) == set(prob.choices)
-        assert all(r.params[k] in v for k, v in prob.choices.items()), r.params
+        assert set(r.choices) == set(prob.choices)
+        assert all(r.choices[k] in v for k, v in prob.choices.items()), r.choices
         assert r.state in ("complete", "over_budget", "failed")
     over = [r for r in recs if r.state == "over_budget"]
     done = [r for r in recs if r.state == "complete"]
@@ -73,7 +73,7 @@ def check_records(recs, prob, n, start=0):
 
 
 def choices_of(recs):
-    return [json.dumps(r.params, sort_keys=True) for r in recs]
+    return [json.dumps(r.choices, sort_keys=True) for r in recs]
 
 
 # ---------------------------------------------------------------- registry and the core without extras

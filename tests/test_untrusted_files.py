@@ -78,7 +78,7 @@ def test_a_crafted_supernet_checkpoint_is_refused_without_running(tmp_path):
 
 
 def _record(**kw):
-    d = TrialRecord(number=0, params={}, state="complete", seconds=1.0).to_json()
+    d = TrialRecord(number=0, choices={}, state="complete", seconds=1.0).to_json()
     d.update(kw)
     return json.dumps(d)
 

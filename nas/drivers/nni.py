@@ -132,11 +132,11 @@ class NNIDriver(Driver):
     def _strategy(self, problem: Problem, seed: int, n_trials: int, earlier: List[TrialRecord]):
         start = len(earlier)
         rs = np.random.RandomState(seed if start == 0 else [seed, start])
-        scored = [(r.params, reward(r, problem)) for r in earlier]
+        scored = [(r.choices, reward(r, problem)) for r in earlier]
         scored = [(p, y) for p, y in scored if y is not None]
         seen = DeduplicationHelper()
         for r in earlier:
-            seen.dedup(r.params)
+            seen.dedup(r.choices)
         if self.strategy_name == "tpe":
             return _TPE([{"parameter": p, "value": y} for p, y in scored], optimize_mode="maximize",
                         seed=int(rs.randint(2 ** 31)))

@@ -132,7 +132,7 @@ class _Records(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if "record" in result:
-            self._arrived(trials, trial, TrialRecord.from_json(json.loads(result["record"])))
+            self._arrived(trials, trial, TrialRecord.from_json(json.loads(result["record"]), numbered=False))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         # the worker died or raised outside Problem.evaluate: still one record per trial
@@ -141,7 +141,7 @@ class _Records(tune.Callback):
             lines = [ln for ln in Path(trial.error_file).read_text().splitlines() if ln.strip()]
             last = lines[-1] if lines else last
         msg = f"ray trial error: {last}"[:300]
-        self._arrived(trials, trial, TrialRecord(number=-1, params=dict(trial.config), state="failed", seconds=0.0,
+        self._arrived(trials, trial, TrialRecord(number=-1, choices=dict(trial.config), state="failed", seconds=0.0,
                                                  message=msg))
 
 
