@@ -148,7 +148,7 @@ def _prepare_folder(cfg: SearchConfig, constraints) -> Path:
         old = json.loads((out / "config.json").read_text())["config"]
         mine = dataclasses.asdict(cfg)
         diff = [k for k in mine if k not in ("resume", "progress", "trials", "out", "device", "threads",
-                                             "driver_options")
+                                             "driver_options", "verdict_pairs")  # verdicts: the end only
                 and old.get(k) != mine[k]]
         if diff:
             raise RunError(f"--resume: settings differ from the run in {out}: {', '.join(diff)}")
