@@ -21,3 +21,12 @@ class CostModel:
         if self.latency is not None:
             out["latency_ms"] = float(self.latency.predict(parts))
         return out
+
+    def lenient(self, arch: ArchBase) -> Dict[str, float]:
+        """The costs, latency left out where the table cannot give it (an arch outside the
+        space's choices, such as a module verdict's plain counterpart or a scaled baseline)."""
+        try:
+            return self(arch)
+        except Exception:
+            parts = space.parts(arch)
+            return {"flops": self.counter.total(parts), "params": self.counter.params(parts)}

@@ -25,6 +25,7 @@ from .data import Dataset, Splits, load_dataset
 from . import estimators
 from .export import best_record, export
 from .flops import CONVENTION
+from .baselines import scaled_baselines
 from .plots import plot_modules, plot_pareto
 from .verdicts import module_verdicts
 from .problem import Objective, Problem, TrialRecord
@@ -361,27 +362,10 @@ def _quality_warnings(history, records: List[TrialRecord], num_classes: int, dat
     return out
 
 
-def _baselines(sp, est, costs: CostModel) -> pd.DataFrame:
-    """Presets of the space that lie inside its choices, scored the same way, for the plot."""
-    rows = []
-    for name, arch in sp.presets.items():
-        try:
-            params = sp.encode(arch)
-            if any(params[k] not in v for k, v in sp.choices().items()):
-                continue
-            arch = sp.decode(params)
-            c = costs(arch)
-            rows.append({"name": name, "flops": c["flops"], "params": c["params"],
-                         "latency_ms": c.get("latency_ms"), "score": est.score(arch)})
-        except (KeyError, ValueError, NotImplementedError):
-            continue
-    return pd.DataFrame(rows, columns=["name", "flops", "params", "latency_ms", "score"])
-
-
 def finalize(folder: Path, records: List[TrialRecord], objectives, constraints, sp, est, costs: CostModel,
              ds: Dataset, verdict_pairs: int = 3) -> Dict[str, Any]:
     res = export(folder, records, objectives, test_accuracy=est.test_accuracy)
-    base = _baselines(sp, est, costs)
+    base = scaled_baselines(sp, constraints, costs, est.score)
     base.to_csv(folder / "baselines.csv", index=False)
     trials = pd.DataFrame([r.to_row() for r in records],
                           columns=TRIAL_COLUMNS)

@@ -117,6 +117,14 @@ class SearchSpace:
         """``arch`` with every use of ``name`` in ``role`` replaced by its plain counterpart."""
         raise NotImplementedError
 
+    # -- hand-designed baselines, scaled to a budget by their family's own rule ------------------
+    BASELINES: ClassVar[Tuple[str, ...]] = ()  # preset names a run compares its front with
+
+    def scaled(self, arch: ArchBase, factor: float) -> ArchBase:
+        """Preset ``arch`` at this space's input size and classes, narrowed by ``factor`` (<= 1) the
+        way its family scales (DARTS: channels; MobileNets: the width multiplier; MetaFormers: widths)."""
+        raise NotImplementedError
+
     @staticmethod
     def recipe_drop_path(arch: ArchBase) -> float:
         """The stochastic-depth rate ``nas.train`` uses unless told (the family's official

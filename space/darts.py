@@ -172,6 +172,13 @@ class DartsSpace(SearchSpace):
         return self.count_uses([u for cell in (arch.normal, arch.reduce)
                                 for u in [("op", n) for n, _ in cell.edges] + [("fusion", c) for c in cell.combine]])
 
+    BASELINES = ("darts_v2", "darts_v1")
+
+    def scaled(self, arch: DartsArch, factor: float) -> DartsArch:
+        """DARTS' own knob: channels (cells kept), even and >= 4; the space's stem and input size."""
+        return replace(arch, channels=max(4, 2 * round(arch.channels * factor / 2)), input_size=self.input_size,
+                       num_classes=self.num_classes)
+
     def plain(self, role: str, name: str) -> str:
         return (plain_op(name) or name) if role == "op" else "sum"
 

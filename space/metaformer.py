@@ -257,6 +257,18 @@ class MetaformerSpace(SearchSpace):
                              "in fields that are not choices")
         return out
 
+    BASELINES = ("van_b0", "swiftformer_xs", "biformer_t")
+
+    def scaled(self, arch: MetaformerArch, factor: float) -> MetaformerArch:
+        """Every stage's width times ``factor``, rounded to 8 (>= 8); depths kept; the space's input
+        size (``bra``'s windows follow it) and classes."""
+        res = stage_resolutions(self.input_size[1:], self.stem_stride)
+        stages = tuple(replace(s, width=max(8, 8 * round(s.width * factor / 8)),
+                               mixer_kw=bra_kw(res[i], BRA_TOPKS[i]) if s.token_mixer == "bra" else s.mixer_kw)
+                       for i, s in enumerate(arch.stages))
+        return replace(arch, stages=stages, stem_stride=self.stem_stride, input_size=self.input_size,
+                       num_classes=self.num_classes)
+
     # plain counterparts for module verdicts: PoolFormer's pooling, the transformer MLP, no neck
     PLAIN = {"token": "pool_mixer", "channel": "mlp", "neck": "none"}
 

@@ -317,6 +317,12 @@ class MobileSpace(SearchSpace):
             raise ValueError(f"the arch's genet head has {arch.head_groups} groups, the space {self.genet_groups}")
         return out
 
+    BASELINES = ("mobilenet_v2", "mobilenext")
+
+    def scaled(self, arch: MobileArch, factor: float) -> MobileArch:
+        """The papers' width multiplier (``width_multiplied``), at the space's input size and classes."""
+        return width_multiplied(replace(arch, input_size=self.input_size, num_classes=self.num_classes), factor)
+
     # plain counterparts for module verdicts: the plain depthwise conv, no attention, the add, the
     # MobileNetV2 head
     PLAIN = {"conv": "plain", "attention": "none", "fusion": "sum", "head": "plain"}

@@ -80,3 +80,27 @@ def test_bootstrap_and_verdict_rules():
     assert verdict(0.1, 2.0, 3) == "pays off" and verdict(-2.0, -0.1, 3) == "costs accuracy"
     assert verdict(-1.0, 1.0, 3) == "no measurable effect" and verdict(0.1, 2.0, 2) == "too few pairs"
     assert np.isnan(bootstrap_mean([])[0])
+
+
+@pytest.mark.parametrize("name,budget", [("darts", "300MFLOPs"), ("mobile", "300MFLOPs"), ("metaformer", "500MFLOPs"),
+                                         ("darts", "1.5Mparams")])
+def test_baselines_are_scaled_by_their_family_rule_to_fit_the_budget(name, budget):
+    from nas import flops
+    from nas.baselines import fit_to_budget, scaled_baselines
+
+    sp = space.SPACES[name]()
+    constraints = parse_budget(budget)
+    df = scaled_baselines(sp, constraints, CostModel(), lambda a: 0.5)
+    assert list(df.name.str.split(" ").str[0]) == list(sp.BASELINES) and (df.scale <= 1).all()
+    for preset in sp.BASELINES:
+        arch, factor, c = fit_to_budget(sp, sp.presets[preset], constraints, CostModel())
+        net = space.build(arch)
+        plain = {"flops": flops.count(net, [(1, *arch.input_size)]), "params": flops.params(net)}
+        assert all(k.violation(plain[k.kind]) <= 0 for k in constraints)  # within budget under plain fvcore
+        if factor < 1:  # and the largest step that does: one step wider would not fit
+            wider = sp.scaled(sp.presets[preset], factor / 0.95)
+            wc = CostModel()(wider)
+            assert any(k.violation(wc[k.kind]) > 0 for k in constraints) or wider == arch
+    if name == "darts" and budget == "300MFLOPs":
+        v2 = df.set_index("name").filter(like="darts_v2", axis=0).iloc[0]
+        assert 0.5 < v2.scale < 1 and v2.flops <= 300e6 and v2.score == 0.5
