@@ -87,7 +87,11 @@ class Sliced(nn.Module):
         self.size = self.widest
 
     def _add(self, size: Hashable) -> None:
-        m, shapes = _thin(self._make, size, self.full)
+        if self.lazy:  # built mid-training: leave the global random stream as it was, so that a run
+            with torch.random.fork_rng(devices=[]):  # resumed from a checkpoint draws what an
+                m, shapes = _thin(self._make, size, self.full)  # uninterrupted one does
+        else:
+            m, shapes = _thin(self._make, size, self.full)
         if self.lazy:
             if shapes is None:  # its own weights would miss the optimiser, created before it
                 raise ValueError(f"{type(m).__name__} at size {size!r} does not inherit the widest's "

@@ -47,3 +47,13 @@ def test_unknown_size_and_non_prefix_module():
     assert odd(torch.randn(1, 4)).shape == (1, 4)
     with pytest.raises(ValueError, match="eagerly"):
         Sliced(lambda c: nn.Linear(4, 4) if c == 4 else nn.Sequential(nn.Linear(8, 8)), [4, 8], lazy=True).set(4)
+
+
+def test_a_lazy_copy_leaves_the_random_stream_alone():
+    s = Sliced(_block, [4, 6, 8], lazy=True)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    s.set(6)  # builds the 6-wide copy (its init would draw random numbers)
+    assert torch.equal(torch.rand(3), expected)
+    assert s.shared(4) and s.shared(6)
