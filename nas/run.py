@@ -328,7 +328,7 @@ def _run(cfg: SearchConfig) -> Dict[str, Any]:
     phases["search_s"] = time.time() - t0
 
     t0 = time.time()
-    summary = finalize(folder, records, objectives, constraints, sp, est, costs, ds, cfg.verdict_pairs)
+    summary = finalize(folder, records, objectives, constraints, sp, est, costs, ds, cfg.verdict_pairs, cfg.progress)
     phases["export_s"] = time.time() - t0
     check = None
     if cfg.rank_check and not interrupted:
@@ -363,7 +363,7 @@ def _quality_warnings(history, records: List[TrialRecord], num_classes: int, dat
 
 
 def finalize(folder: Path, records: List[TrialRecord], objectives, constraints, sp, est, costs: CostModel,
-             ds: Dataset, verdict_pairs: int = 3) -> Dict[str, Any]:
+             ds: Dataset, verdict_pairs: int = 3, progress: bool = False) -> Dict[str, Any]:
     res = export(folder, records, objectives, test_accuracy=est.test_accuracy)
     base = scaled_baselines(sp, constraints, costs, est.score)
     base.to_csv(folder / "baselines.csv", index=False)
@@ -375,7 +375,7 @@ def finalize(folder: Path, records: List[TrialRecord], objectives, constraints, 
              f"(1 FLOP = 1 multiply-add, fvcore) | {what} on {ds.name} validation split")
     plot_pareto(trials, front, constraints, folder / "pareto.png", title, baselines=base,
                 accuracy_label=("validation accuracy" if est.is_accuracy else f"score ({est.name}, higher ranks better)"))
-    verdicts = module_verdicts(sp, records, res["front"], est.score, costs, k=verdict_pairs, seed=0)
+    verdicts = module_verdicts(sp, records, res["front"], est.score, costs, k=verdict_pairs, seed=0, progress=progress)
     verdicts.to_csv(folder / "modules.csv", index=False)
     plot_modules(verdicts, folder / "modules.png", f"which modules pay off: {title}",
                  score_label=("validation accuracy" if est.is_accuracy else f"{est.name} score"))

@@ -16,10 +16,11 @@ Computed here, drawn by ``nas.plots.plot_modules``.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Sequence
 
 import numpy as np
 import pandas as pd
+from tqdm.auto import tqdm
 
 MIN_PAIRS = 3  # a bootstrap over fewer pairs is no interval
 COLUMNS = ["role", "module", "plain", "evaluated", "share_evaluated", "on_front", "share_front", "enrichment",
@@ -49,7 +50,7 @@ def verdict(lo: float, hi: float, pairs: int) -> str:
 
 def module_verdicts(space, records: Sequence[Any], front: Sequence[Any], score: Callable[[Any], float],
                     costs: Callable[[Any], Dict[str, float]], k: int = 3, seed: int = 0,
-                    progress: Optional[Callable[[int, int], None]] = None) -> pd.DataFrame:
+                    progress: bool = False) -> pd.DataFrame:
     """One row per module the evaluated (feasible) candidates used; see the module docstring."""
     evaluated = [r for r in records if r.state == "complete" and r.arch is not None]
     if not evaluated:
@@ -57,7 +58,7 @@ def module_verdicts(space, records: Sequence[Any], front: Sequence[Any], score: 
     uses = {r.number: space.modules(r.arch) for r in evaluated}
     front_ids = {r.number for r in front}
     keys = sorted({key for u in uses.values() for key in u})
-    scored: Dict[str, float] = {}
+    scored: Dict[str, float] = {r.arch_hash: r.score for r in evaluated}  # a counterpart already evaluated
     lenient = getattr(costs, "lenient", costs)
 
     def score_of(arch) -> float:
@@ -67,7 +68,7 @@ def module_verdicts(space, records: Sequence[Any], front: Sequence[Any], score: 
         return scored[h]
 
     rows: List[Dict[str, Any]] = []
-    for i, (role, name) in enumerate(keys):
+    for role, name in tqdm(keys, desc="module verdicts", unit="module", disable=not progress, leave=False):
         users = sorted((r for r in evaluated if (role, name) in uses[r.number]), key=lambda r: -(r.score or 0))
         on_front = sum(r.number in front_ids for r in users)
         deltas, dflops, dparams, dlat = [], [], [], []
@@ -96,6 +97,4 @@ def module_verdicts(space, records: Sequence[Any], front: Sequence[Any], score: 
                      "d_latency_ms": float(np.mean(dlat)) if dlat else math.nan,
                      "score_per_mflop": mean / mflops if dflops and abs(mflops) > 1e-9 else math.nan,
                      "verdict": verdict(lo, hi, len(deltas))})
-        if progress is not None:
-            progress(i + 1, len(keys))
     return pd.DataFrame(rows, columns=COLUMNS)

@@ -16,6 +16,8 @@ tensor) keeps weights of its own, and ``shared(size)`` says so.
 """
 from __future__ import annotations
 
+import contextlib
+
 from typing import Callable, Dict, Hashable, Optional, Sequence, Tuple
 
 import torch
@@ -87,10 +89,9 @@ class Sliced(nn.Module):
         self.size = self.widest
 
     def _add(self, size: Hashable) -> None:
-        if self.lazy:  # built mid-training: leave the global random stream as it was, so that a run
-            with torch.random.fork_rng(devices=[]):  # resumed from a checkpoint draws what an
-                m, shapes = _thin(self._make, size, self.full)  # uninterrupted one does
-        else:
+        # built mid-training, a lazy copy leaves the global random stream as it was, so that a run
+        # resumed from a checkpoint draws what an uninterrupted one does
+        with torch.random.fork_rng(devices=[]) if self.lazy else contextlib.nullcontext():
             m, shapes = _thin(self._make, size, self.full)
         if self.lazy:
             if shapes is None:  # its own weights would miss the optimiser, created before it
