@@ -2,7 +2,10 @@
 """``python search.py --budget 300MFLOPs``: see ``python search.py --help`` and README.md."""
 import sys
 
-from nas.cli import main
-
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        from nas.cli import main
+
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C while the toolkit is still being imported
+        sys.exit(130)

@@ -70,9 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--space", default="darts", help="search space: darts (default), mobile, metaformer (see --list)")
     p.add_argument("--driver", default="optuna", help="search backend: optuna (default), random, ray (Ray Tune, "
                    "pip extra plugnas[ray]) or nni (NNI 3.0, pip extra plugnas[nni])")
-    p.add_argument("--sampler", default="nsga2", choices=["nsga2", "tpe", "random", "evolution"],
-                   help="proposal algorithm: nsga2 (default; multi-objective with constraints; nni: regularized "
-                        "evolution), tpe, random (ray, nni), evolution (nni)")
+    p.add_argument("--sampler", default=None, choices=["nsga2", "tpe", "random", "evolution"],
+                   help="proposal algorithm: nsga2 (default of optuna and ray; multi-objective with constraints; "
+                        "nni: regularized evolution), tpe, random (ray, nni; the random driver's only one), "
+                        "evolution (nni)")
     p.add_argument("--driver-opt", type=_kv, action="append", default=[], metavar="KEY=VALUE",
                    help="driver settings, e.g. ray: address=HOST:PORT concurrency=8 cpus_per_trial=2; "
                         "nni: strategy=tpe mutation_prob=0.1 (repeatable)")
@@ -92,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--verdict-pairs", type=int, default=3,
                    help="module verdicts (modules.csv): the best candidates per module ablated to its plain "
                         "counterpart and scored again (default 3; 0 lists usage only)")
+    p.add_argument("--trial-timeout", type=float, default=0.0, metavar="SECONDS",
+                   help="a candidate whose scoring takes longer is a failed trial and the search goes on "
+                        "(default 0: no limit; optuna and random drivers)")
     p.add_argument("--epochs", type=int, default=6, help="supernet training epochs (default 6)")
     p.add_argument("--data", default=None,
                    help="CIFAR-10 batches folder (downloaded if missing), 'cifar10' (cache folder), an .npz with "
@@ -139,7 +143,21 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    from .interrupt import stop_on_request
+
+    try:
+        with stop_on_request():  # Ctrl-C: stop at the next safe point, writing what is done
+            return _search(parser, args)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one before the run began
+        print(f"{parser.prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _search(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING, format="%(levelname)s: %(message)s")
+    if args.debug:  # our own debug lines (failed trials' tracebacks), not every library's
+        for name in ("matplotlib", "PIL", "fvcore", "optuna", "urllib3", "filelock"):
+            logging.getLogger(name).setLevel(logging.WARNING)
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*ExperimentalWarning.*")
     from .run import RunError, SearchConfig, run  # heavy imports after argument checks
@@ -154,15 +172,13 @@ def main(argv: Optional[List[str]] = None) -> int:
                        rank_check=args.rank_check, rank_check_epochs=args.rank_check_epochs, verdict_pairs=args.verdict_pairs,
                        batch_size=args.batch_size, lr=args.lr, data=args.data, out=args.out, seed=args.seed,
                        storage=args.storage, latency_lut=args.latency_lut, force_lut=args.force_lut,
-                       threads=args.threads, device=args.device, resume=args.resume, progress=not args.quiet)
+                       threads=args.threads, device=args.device, resume=args.resume, progress=not args.quiet,
+                       trial_timeout=args.trial_timeout)
     try:
         summary = run(cfg)
     except (RunError, DataError, UnknownName) as e:
         print(f"{parser.prog}: error: {e}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"{parser.prog}: interrupted", file=sys.stderr)
-        return 130
     except Exception as e:  # never a bare traceback for users; --debug shows it
         if args.debug:
             traceback.print_exc()
@@ -186,6 +202,9 @@ def _report(s: Dict[str, Any]) -> None:
                 f"val {b['val_acc']:.3f}" if b.get("val_acc") is not None else f"{b['estimator']} score {b['score']:.4g}")
         print(f"best within budget: trial {b['trial']}: {what}, "
               f"{human(b['flops'])}FLOPs (multiply-adds), {human(b['params'])} params{lat}")
+    elif s["failed"] and s["failed"] == s["trials"] - s["over_budget"]:
+        print(f"every evaluated trial failed, e.g. {s.get('first_failure', '?')} (see trials.csv's message; "
+              f"--debug shows the tracebacks)")
     else:
         print("no architecture within budget was found: raise --budget or --trials")
     from .rank.check import check_line

@@ -170,21 +170,29 @@ def _labels(y: np.ndarray, where: str) -> np.ndarray:
 
 
 def load_npz(path: Path) -> Dataset:
+    import zipfile
+    import zlib
+
+    if not zipfile.is_zipfile(path):  # np.load would try to unpickle it, and say so confusingly
+        raise DataError(f"cannot read {path} as .npz: not a zip archive (truncated, or another format)")
     try:
         z = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise DataError(f"cannot read {path} as .npz: {e}") from None
-    missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in z.files]
+        missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in z.files]
+        arrays = {} if missing else {k: z[k] for k in ("x_train", "y_train", "x_test", "y_test")}
+        names = z["classes"] if "classes" in z.files else None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise DataError(f"cannot read {path} as .npz (truncated or corrupt?): {first}") from None
     if missing:
         raise DataError(f"{path} lacks arrays {missing} (needs x_train, y_train, x_test, y_test)")
-    xtr, xte = _chw(z["x_train"], str(path)), _chw(z["x_test"], str(path))
-    ytr, yte = _labels(z["y_train"], f"{path} y_train"), _labels(z["y_test"], f"{path} y_test")
+    xtr, xte = _chw(arrays["x_train"], str(path)), _chw(arrays["x_test"], str(path))
+    ytr, yte = _labels(arrays["y_train"], f"{path} y_train"), _labels(arrays["y_test"], f"{path} y_test")
     if len(xtr) != len(ytr) or len(xte) != len(yte):
         raise DataError(f"{path}: image and label counts differ")
     if not len(ytr) or not len(yte):
         raise DataError(f"{path}: the train and test splits each need at least one image")
     n = int(max(ytr.max(), yte.max())) + 1
-    classes = [str(c) for c in z["classes"]] if "classes" in z.files else [str(i) for i in range(n)]
+    classes = [str(c) for c in names] if names is not None else [str(i) for i in range(n)]
     if n > len(classes):
         raise DataError(f"{path}: label {n - 1} but only {len(classes)} class names")
     if len(np.unique(ytr)) < 2:
@@ -204,7 +212,10 @@ def load_image_folder(root: Path, seed: int = 0, size: Optional[int] = None) -> 
     def read(items, side):
         xs = []
         for f, _ in items:
-            im = Image.open(f).convert("RGB")
+            try:
+                im = Image.open(f).convert("RGB")
+            except (OSError, ValueError) as e:  # PIL's UnidentifiedImageError is an OSError
+                raise DataError(f"cannot read image {f}: {(str(e).splitlines() or [''])[0]}") from None
             if im.size != (side, side):
                 im = im.resize((side, side), Image.BILINEAR)
             xs.append(np.asarray(im, np.uint8).transpose(2, 0, 1))
@@ -224,7 +235,10 @@ def load_image_folder(root: Path, seed: int = 0, size: Optional[int] = None) -> 
     if not train or not test or len(classes) < 2:
         raise DataError(f"{root}: expected class subfolders of images (root/<class>/*.png or "
                         f"root/train/<class>/...), found {len(classes)} classes, {len(train)} images")
-    side = size or Image.open(train[0][0]).size[0]
+    try:
+        side = size or Image.open(train[0][0]).size[0]
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot read image {train[0][0]}: {(str(e).splitlines() or [''])[0]}") from None
     xtr, ytr = read(train, side)
     xte, yte = read(test, side)
     return Dataset(root.name, str(root), xtr, ytr, xte, yte, classes)

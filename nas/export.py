@@ -10,7 +10,7 @@ import pandas as pd
 
 from .pareto import pareto_front
 from .problem import Objective, TrialRecord
-from .results import write_json
+from .results import atomic, write_json
 
 
 def front_records(records: Sequence[TrialRecord], objectives: Sequence[Objective]) -> List[TrialRecord]:
@@ -38,20 +38,22 @@ def export(folder: Path, records: Sequence[TrialRecord], objectives: Sequence[Ob
     archs = folder / "archs"
     archs.mkdir(exist_ok=True)
     keep = {f"{r.number}.json" for r in front}
-    for old in archs.glob("*.json"):  # after a resume, the front may have moved on
-        if old.name not in keep:
+    for old in archs.iterdir():  # after a resume the front may have moved on; or a kill left a temp file
+        if old.name not in keep and old.is_file():
             old.unlink()
     rows = []
     tests: Dict[str, float] = {}
     for r in front:
         path = archs / f"{r.number}.json"
-        path.write_text(r.arch.to_json() + "\n")
+        with atomic(path) as tmp:
+            tmp.write_text(r.arch.to_json() + "\n")
         if test_accuracy is not None:
             tests[r.arch_hash] = test_accuracy(r.arch)
         rows.append({**r.to_row(), "test_acc_inherited": tests.get(r.arch_hash), "arch_file": f"archs/{r.number}.json"})
     cols = ["trial", "arch_hash", "params", "flops", "latency_ms", "score", "estimator", "val_acc", "test_acc_inherited",
             "arch_file"]
-    pd.DataFrame(rows, columns=cols).to_csv(folder / "pareto.csv", index=False)
+    with atomic(folder / "pareto.csv") as tmp:
+        pd.DataFrame(rows, columns=cols).to_csv(tmp, index=False)
     best = best_record(records)
     if best is not None:
         if test_accuracy is not None and best.arch_hash not in tests:

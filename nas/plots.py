@@ -7,6 +7,7 @@ from typing import Optional, Sequence
 import pandas as pd
 
 from .budget import Constraint, human
+from .results import atomic
 
 AXES = {"flops": ("FLOPs (fvcore: 1 FLOP = 1 multiply-add)", 1.0), "latency_ms": ("latency (ms, lookup table)", 1.0),
         "params": ("parameters", 1.0)}
@@ -55,7 +56,8 @@ def plot_pareto(trials: pd.DataFrame, front: pd.DataFrame, constraints: Sequence
         ax.legend(fontsize=8, loc="lower right")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    with atomic(Path(path)) as tmp:
+        fig.savefig(tmp, dpi=130)
     plt.close(fig)
     return path
 
@@ -89,5 +91,6 @@ def plot_modules(df: pd.DataFrame, path: Path, title: str, score_label: str = "s
     handles = [plt.Line2D([], [], color=c, lw=3, label=v) for v, c in VERDICT_COLORS.items()]
     ax.legend(handles=handles, fontsize=7, loc="lower right")
     ax.set_title(title, fontsize=9)
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    with atomic(Path(path)) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
     plt.close(fig)

@@ -6,15 +6,22 @@ twice costs nothing the second time.
 """
 from __future__ import annotations
 
+import logging
 import math
+import signal
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 from space import SearchSpace
 from space.arch import ArchBase
 
 from .budget import Constraint
+from .interrupt import check as check_interrupt
+
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Objective:
@@ -110,17 +117,52 @@ def _check_record(d: Any, numbered: bool = True) -> None:
             raise ValueError(f"trial {n}: {key} must be a string")
 
 
+class TrialTimeout(Exception):
+    """A candidate's evaluation ran past ``--trial-timeout``."""
+
+
+@contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Raise TrialTimeout in the block after ``seconds`` (0: no limit).  A SIGALRM timer, so it
+    works in the main thread of a POSIX process only (the optuna and random drivers' trials; Ray
+    and NNI run trials elsewhere); the signal lands between two Python steps, so one long C++
+    call (a torch op) ends before the trial is stopped."""
+    if not seconds or not hasattr(signal, "setitimer") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _stop(signum, frame):
+        raise TrialTimeout(f"the trial ran past --trial-timeout {seconds:g} s")
+
+    old = signal.signal(signal.SIGALRM, _stop)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+
+
 class Problem:
     def __init__(self, space: SearchSpace, constraints: Sequence[Constraint],
                  costs: Callable[[ArchBase], Dict[str, float]], score: Callable[[ArchBase], float],
-                 objectives: Sequence[Objective], estimator: str = "", score_is_accuracy: bool = True):
+                 objectives: Sequence[Objective], estimator: str = "", score_is_accuracy: bool = True,
+                 trial_timeout: float = 0.0):
         self.space, self.constraints, self.costs, self.score = space, tuple(constraints), costs, score
         self.estimator, self.score_is_accuracy = estimator, score_is_accuracy
+        self.trial_timeout = float(trial_timeout)  # seconds one candidate's scoring may take; 0: no limit
         self.objectives = list(objectives)
         self.choices = space.choices()
         self._scores: Dict[str, float] = {}
 
+    def timed_score(self, arch: ArchBase) -> float:
+        """The estimator's score within ``trial_timeout`` (the baselines and verdicts score too)."""
+        check_interrupt()
+        with time_limit(self.trial_timeout):
+            return float(self.score(arch))
+
     def evaluate(self, params: Dict[str, Any], number: int) -> TrialRecord:
+        check_interrupt()  # a Ctrl-C between two trials stops the search here
         t0 = time.perf_counter()
         rec = TrialRecord(number=number, choices=dict(params), state="failed", seconds=0.0, estimator=self.estimator)
         try:
@@ -134,7 +176,7 @@ class Problem:
                 rec.state = "over_budget"
             else:
                 if rec.arch_hash not in self._scores:
-                    score = float(self.score(arch))
+                    score = self.timed_score(arch)
                     if not math.isfinite(score):
                         raise FloatingPointError(f"the estimator's score is {score}")
                     self._scores[rec.arch_hash] = score
@@ -142,6 +184,7 @@ class Problem:
                 rec.val_acc = rec.score if self.score_is_accuracy else None
                 rec.state = "complete"
         except Exception as e:  # any failure of one candidate is its trial's, never the search's
+            log.debug("trial %d failed", number, exc_info=True)  # the traceback, with --debug
             rec.message = (f"{type(e).__name__}: {e}".strip().splitlines() or [type(e).__name__])[0][:300]
             rec.violations = rec.violations or {k.kind: 0.0 for k in self.constraints}
         rec.seconds = time.perf_counter() - t0

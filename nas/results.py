@@ -8,10 +8,11 @@ import os
 import platform
 import subprocess
 import sys
+from contextlib import contextmanager
 from datetime import datetime
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, Iterator, List
 
 from .problem import TrialRecord
 
@@ -65,7 +66,7 @@ class TrialLog:
         if not self.jsonl_path.exists():
             return []
         lines = self.jsonl_path.read_text().splitlines()
-        recs, seen = [], set()
+        recs, seen, torn = [], set(), False
         for i, line in enumerate(lines, 1):
             if not line.strip():
                 continue
@@ -75,6 +76,7 @@ class TrialLog:
                 if i == len(lines):
                     print(f"warning: {self.jsonl_path}: the last line is torn (a run killed while writing it); "
                           "dropped, that trial runs again", file=sys.stderr)
+                    torn = True
                     continue
                 raise ValueError(f"{self.jsonl_path} line {i} is not JSON") from None
             except (ValueError, KeyError, TypeError) as e:
@@ -83,11 +85,14 @@ class TrialLog:
                 raise ValueError(f"{self.jsonl_path} line {i}: trial {rec.number} appears twice")
             seen.add(rec.number)
             recs.append(rec)
+        if torn:  # else the next record would be appended to the torn line's tail
+            with atomic(self.jsonl_path) as tmp:
+                tmp.write_text("".join(json.dumps(r.to_json()) + "\n" for r in recs))
         self._rewrite_csv(recs)  # drop a half-written csv tail left by a crash
         return recs
 
     def _rewrite_csv(self, recs: List[TrialRecord]) -> None:
-        with open(self.csv_path, "w", newline="") as f:
+        with atomic(self.csv_path) as tmp, open(tmp, "w", newline="") as f:
             w = csv.DictWriter(f, TRIAL_COLUMNS)
             w.writeheader()
             for r in recs:
@@ -104,7 +109,22 @@ class TrialLog:
             f.write(json.dumps(rec.to_json()) + "\n")
 
 
+TMP_PREFIX = ".tmp-"  # keeps the suffix, so matplotlib and pandas still see the format
+
+
+@contextmanager
+def atomic(path: Path) -> Iterator[Path]:
+    """A temporary sibling to write, renamed over ``path`` when the block ends without error: a
+    run killed mid-write leaves the old file or the new one, never half of one."""
+    path = Path(path)
+    tmp = path.with_name(TMP_PREFIX + path.name)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
-    tmp.replace(path)
+    with atomic(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")

@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
-import json
 import logging
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import pandas as pd
 import torch
@@ -20,6 +19,9 @@ from space.registry import UnknownName
 
 from . import drivers
 from .budget import Constraint, parse_budget, slug
+from .checks import RunError
+from .folder import check_folder, claim_folder, release_folders
+from .checks import DECAY, FRACTION, LR, POSITIVE_INT, SEED, check_numbers, resolve_device
 from .costs import CostModel
 from .data import Dataset, Splits, load_dataset
 from . import estimators
@@ -30,13 +32,9 @@ from .plots import plot_modules, plot_pareto
 from .verdicts import module_verdicts
 from .problem import Objective, Problem, TrialRecord
 from .rank.check import DIGITS_NOTE, benchmarked, rank_check, trust_line
-from .results import TRIAL_COLUMNS, TrialLog, default_run_dir, device_info, versions, write_json
+from .results import TRIAL_COLUMNS, TrialLog, atomic, default_run_dir, device_info, versions, write_json
 
 log = logging.getLogger(__name__)
-
-
-class RunError(RuntimeError):
-    """A problem with the run's settings or folder, reported in one line."""
 
 
 @dataclass
@@ -47,7 +45,7 @@ class SearchConfig:
     fusions: Optional[List[str]] = None  # combine/merge candidates; None = the space's default list
     space_options: Dict[str, Any] = field(default_factory=dict)  # other space settings, e.g. cells=14
     driver: str = "optuna"  # search backend (nas.drivers)
-    sampler: str = "nsga2"  # Optuna: nsga2 handles several objectives and constraints natively; or tpe
+    sampler: Optional[str] = None  # None = the driver's default (optuna: nsga2, multi-objective with constraints)
     driver_options: Dict[str, Any] = field(default_factory=dict)  # e.g. ray: address, concurrency
     population: Optional[int] = None  # NSGA-II population; None = trials/4 within 8..50, so short runs evolve
     trials: int = 64  # candidates proposed; rejected ones cost milliseconds, scored ones ~a second
@@ -72,6 +70,7 @@ class SearchConfig:
     device: str = "auto"  # supernet training/scoring: auto = cuda when available, else cpu (costs never need one)
     resume: bool = False  # continue the run in `out` (same settings) after an interruption
     progress: bool = True  # progress bars on stderr
+    trial_timeout: float = 0.0  # seconds one candidate's scoring may take before it is a failed trial; 0: none
 
 
 def _space(cfg: SearchConfig, ds: Dataset):
@@ -123,9 +122,25 @@ def _latency(cfg: SearchConfig, constraints, sp):
         if missing and not pred.native:
             raise lat.LatencyError(f"{path} lacks {len(missing)} part(s) of this {sp.name} space (e.g. "
                                    f"{missing[0]}) and was measured on another machine")
-        pred.calibrate()
     except lat.LatencyError as e:
         if wants:
+            raise RunError(str(e)) from None
+        log.warning("latency not reported: %s", e)
+        return None
+    return pred
+
+
+def _calibrate(cfg: SearchConfig, constraints, pred):
+    """Time the table's reference networks now (seconds, more on a busy machine): after every
+    check, so that a refused run never waits for it."""
+    if pred is None:
+        return None
+    from . import latency as lat
+
+    try:
+        pred.calibrate()
+    except lat.LatencyError as e:
+        if _latency_wanted(cfg, constraints):
             raise RunError(str(e)) from None
         log.warning("latency not reported: %s", e)
         return None
@@ -141,70 +156,33 @@ def _objectives(cfg: SearchConfig, constraints: List[Constraint], latency) -> Li
     return obj
 
 
-def _prepare_folder(cfg: SearchConfig, constraints) -> Path:
-    out = Path(cfg.out) if cfg.out else default_run_dir(cfg.space, slug(constraints))
-    if cfg.resume:
-        if not (out / "config.json").exists():
-            raise RunError(f"--resume: {out} holds no run to resume (no config.json)")
-        old = json.loads((out / "config.json").read_text())["config"]
-        mine = dataclasses.asdict(cfg)
-        diff = [k for k in mine if k not in ("resume", "progress", "trials", "out", "device", "threads",
-                                             "driver_options", "verdict_pairs")  # verdicts: the end only
-                and old.get(k) != mine[k]]
-        if diff:
-            raise RunError(f"--resume: settings differ from the run in {out}: {', '.join(diff)}")
-    elif out.exists() and not out.is_dir():
-        raise RunError(f"--out {out} is a file, not a folder")
-    elif out.exists() and any(p.name != ".lock" for p in out.iterdir()):
-        raise RunError(f"{out} already holds results: choose another --out, or add --resume to continue it")
-    fresh = not out.exists() or all(p.name == ".lock" for p in out.iterdir())
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        lock = open(out / ".lock", "w")
-    except OSError as e:
-        raise RunError(f"cannot write to --out {out}: {e.strerror}") from None
-    _lock(out, lock)
-    if fresh:
-        _FRESH.append(out)
-    return out
-
-
-_LOCKS: List[Any] = []  # open lock files of this process's run folders, released when its run ends
-_FRESH: List[Path] = []  # folders this run created: removed again if it fails before writing anything
-
-
-def _lock(out: Path, fh) -> None:
-    """One process per run folder: a second one would duplicate trial numbers and overwrite
-    outputs.  (An advisory flock; on systems without fcntl the folder is not locked.)"""
-    try:
-        import fcntl
-    except ImportError:
-        _LOCKS.append(fh)
-        return
-    try:
-        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        fh.close()
-        raise RunError(f"{out} is in use by another search process: wait for it to end, or choose another "
-                       f"--out") from None
-    _LOCKS.append(fh)
+_NUMBERS = [
+    ("trials", "--trials", *POSITIVE_INT),
+    ("epochs", "--epochs", lambda v: v >= 0, "an integer >= 0"),
+    ("batch_size", "--batch-size", *POSITIVE_INT),
+    ("population", "--population", lambda v: v is None or v >= 2, "an integer >= 2 (NSGA-II needs two parents)"),
+    ("seed", "--seed", *SEED),
+    ("threads", "--threads", lambda v: v >= 0, "an integer >= 0 (0: torch's choice)"),
+    ("lr", "--lr", *LR),
+    ("weight_decay", "weight_decay", *DECAY),
+    ("val_fraction", "val_fraction", *FRACTION),
+    ("calib_batches", "calib_batches", *POSITIVE_INT),
+    ("trial_timeout", "--trial-timeout", lambda v: math.isfinite(v) and v >= 0, "seconds >= 0 (0: no limit)"),
+    ("rank_check", "--rank-check", lambda v: v >= 0, "an integer >= 0"),
+    ("rank_check_epochs", "--rank-check-epochs", *POSITIVE_INT),
+    ("verdict_pairs", "--verdict-pairs", lambda v: v >= 0, "an integer >= 0"),
+]
 
 
 def run(cfg: SearchConfig) -> Dict[str, Any]:
     """The search ``cfg`` describes (see ``SearchConfig``); returns the run's summary."""
     try:
         return _run(cfg)
-    except RunError:  # a refused run leaves nothing behind
-        for out in _FRESH:
-            left = {p.name for p in out.iterdir()} if out.is_dir() else set()
-            if left <= {".lock"}:
-                (out / ".lock").unlink(missing_ok=True)
-                out.rmdir()
+    except RunError:
+        release_folders(refused=True)
         raise
     finally:
-        _FRESH.clear()
-        while _LOCKS:
-            _LOCKS.pop().close()
+        release_folders()
 
 
 def _run(cfg: SearchConfig) -> Dict[str, Any]:
@@ -213,14 +191,17 @@ def _run(cfg: SearchConfig) -> Dict[str, Any]:
         constraints = list(parse_budget(cfg.budget))
     except ValueError as e:
         raise RunError(str(e)) from None
-    if not (math.isfinite(cfg.lr) and cfg.lr > 0) or not (math.isfinite(cfg.weight_decay) and cfg.weight_decay >= 0):
-        raise RunError(f"--lr must be a finite number > 0 and the weight decay >= 0 (got {cfg.lr}, {cfg.weight_decay})")
-    if cfg.trials < 1 or cfg.epochs < 0 or cfg.rank_check < 0 or cfg.rank_check_epochs < 1 or cfg.verdict_pairs < 0:
-        raise RunError("--trials must be >= 1, --epochs >= 0, --rank-check >= 0, --rank-check-epochs >= 1 and "
-                       "--verdict-pairs >= 0")
+    try:
+        check_numbers(cfg, _NUMBERS)
+        device = resolve_device(cfg.device)
+    except ValueError as e:
+        raise RunError(str(e)) from None
     try:
         estimators.check_options(cfg.estimator, cfg.estimator_options)
+        cfg = dataclasses.replace(cfg, sampler=cfg.sampler or drivers.default_sampler(cfg.driver))
     except (UnknownName, ValueError) as e:
+        raise RunError(str(e)) from None
+    except drivers.DriverUnavailable as e:  # an unknown or uninstalled driver
         raise RunError(str(e)) from None
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -228,28 +209,49 @@ def _run(cfg: SearchConfig) -> Dict[str, Any]:
     try:
         ds = load_dataset(cfg.data, seed=cfg.seed)
         sp = _space(cfg, ds)
+        sp.check_input(ds.input_size)
     except (UnknownName, ValueError) as e:
         raise RunError(str(e)) from None
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise RunError("--device cuda: this torch build sees no CUDA device")
-    try:
-        drivers.options(cfg.driver)  # an unknown or uninstalled driver fails before any folder exists
-    except drivers.DriverUnavailable as e:
-        raise RunError(str(e)) from None
     latency = _latency(cfg, constraints, sp)  # a missing or foreign table is refused before any folder exists
-    folder = _prepare_folder(cfg, constraints)
-    objectives = _objectives(cfg, constraints, latency)
+    # everything that can refuse the run does so before its folder exists: the folder's path, the
+    # driver with its options and storage, and the estimator with its options (their
+    # constructors only remember the folder; prepare() below is the first to write in it)
+    folder = check_folder(cfg, default_run_dir(cfg.space, slug(constraints)))
     storage = cfg.storage or f"sqlite:///{(folder / 'study.db').resolve()}"
     try:
         unknown = sorted(set(cfg.driver_options) - set(drivers.options(cfg.driver)))
         if unknown:
             raise ValueError(f"driver {cfg.driver!r} takes no option {', '.join(unknown)}; "
                              f"its options: {', '.join(drivers.options(cfg.driver)) or 'none'}")
+        if cfg.storage:
+            from .drivers.optuna import check_storage
+
+            check_storage(cfg.storage)
         driver = drivers.get(cfg.driver, storage=storage, study_name=folder.name, sampler=cfg.sampler,
                              population=cfg.population, folder=folder, **cfg.driver_options)
     except (drivers.DriverUnavailable, ValueError, TypeError) as e:
         raise RunError(str(e)) from None
+    splits = Splits.make(ds, cfg.batch_size, cfg.val_fraction, cfg.seed, cfg.calib_batches)
+    ctx = estimators.Context(sp, splits, ds.num_classes, ds.input_size, seed=cfg.seed, device=device,
+                             progress=cfg.progress, folder=folder, epochs=cfg.epochs, lr=cfg.lr,
+                             weight_decay=cfg.weight_decay)
+    t0 = time.time()
+    try:
+        est = estimators.make(cfg.estimator, ctx, **cfg.estimator_options)
+    except (ValueError, TypeError) as e:
+        raise RunError(str(e)) from None
+    t_est = time.time() - t0
+    tlog = TrialLog(folder)
+    claim_folder(folder)
+    try:  # what a resumed folder holds is read under its lock and refused before anything is written
+        est.check_folder()
+        records: List[TrialRecord] = tlog.load() if cfg.resume else []
+    except estimators.CheckpointError as e:
+        raise RunError(str(e)) from None
+    except ValueError as e:
+        raise RunError(f"--resume: {e}") from None
+    latency = _calibrate(cfg, constraints, latency)
+    objectives = _objectives(cfg, constraints, latency)
     settings = sp.settings()
     config = {
         "config": dataclasses.asdict(cfg),
@@ -282,28 +284,15 @@ def _run(cfg: SearchConfig) -> Dict[str, Any]:
             f"machine's current speed)")
 
     phases: Dict[str, float] = {}
-    t0 = time.time()
-    splits = Splits.make(ds, cfg.batch_size, cfg.val_fraction, cfg.seed, cfg.calib_batches)
-    ctx = estimators.Context(sp, splits, ds.num_classes, ds.input_size, seed=cfg.seed, device=device,
-                             progress=cfg.progress, folder=folder, epochs=cfg.epochs, lr=cfg.lr,
-                             weight_decay=cfg.weight_decay)
-    est = estimators.make(cfg.estimator, ctx, **cfg.estimator_options)
+    t0 = time.time() - t_est
     trust = benchmarked(sp.name, cfg.estimator, cfg.estimator_options, sp.settings(), cfg.epochs)
     say(f"estimator: {cfg.estimator}; {trust_line(trust, cfg.estimator, sp.name)}")
-    try:
-        est.prepare()
-    except estimators.CheckpointError as e:
-        raise RunError(str(e)) from None
+    est.prepare()
     phases["estimator_prepare_s"] = time.time() - t0
 
     costs = CostModel(latency)
     problem = Problem(sp, constraints, costs, est.score, objectives, estimator=cfg.estimator,
-                      score_is_accuracy=est.is_accuracy)
-    tlog = TrialLog(folder)
-    try:
-        records: List[TrialRecord] = tlog.load() if cfg.resume else []
-    except ValueError as e:
-        raise RunError(f"--resume: {e}") from None
+                      score_is_accuracy=est.is_accuracy, trial_timeout=cfg.trial_timeout)
     if cfg.resume:
         problem._scores.update({r.arch_hash: r.score for r in records if r.score is not None})
     interrupted = False
@@ -328,7 +317,9 @@ def _run(cfg: SearchConfig) -> Dict[str, Any]:
     phases["search_s"] = time.time() - t0
 
     t0 = time.time()
-    summary = finalize(folder, records, objectives, constraints, sp, est, costs, ds, cfg.verdict_pairs, cfg.progress)
+    summary = finalize(folder, records, objectives, constraints, sp, est, costs, ds,  # Ctrl-C: no more scoring
+                       0 if interrupted else cfg.verdict_pairs, cfg.progress,
+                       score=_unscored if interrupted else problem.timed_score)
     phases["export_s"] = time.time() - t0
     check = None
     if cfg.rank_check and not interrupted:
@@ -362,11 +353,18 @@ def _quality_warnings(history, records: List[TrialRecord], num_classes: int, dat
     return out
 
 
+def _unscored(arch) -> float:
+    raise RuntimeError("the search was interrupted; --resume scores it")
+
+
 def finalize(folder: Path, records: List[TrialRecord], objectives, constraints, sp, est, costs: CostModel,
-             ds: Dataset, verdict_pairs: int = 3, progress: bool = False) -> Dict[str, Any]:
+             ds: Dataset, verdict_pairs: int = 3, progress: bool = False,
+             score: Optional[Callable[[Any], float]] = None) -> Dict[str, Any]:
+    score = score or est.score
     res = export(folder, records, objectives, test_accuracy=est.test_accuracy)
-    base = scaled_baselines(sp, constraints, costs, est.score)
-    base.to_csv(folder / "baselines.csv", index=False)
+    base = scaled_baselines(sp, constraints, costs, score)
+    with atomic(folder / "baselines.csv") as tmp:
+        base.to_csv(tmp, index=False)
     trials = pd.DataFrame([r.to_row() for r in records],
                           columns=TRIAL_COLUMNS)
     front = pd.DataFrame([r.to_row() for r in res["front"]], columns=trials.columns)
@@ -375,14 +373,16 @@ def finalize(folder: Path, records: List[TrialRecord], objectives, constraints, 
              f"(1 FLOP = 1 multiply-add, fvcore) | {what} on {ds.name} validation split")
     plot_pareto(trials, front, constraints, folder / "pareto.png", title, baselines=base,
                 accuracy_label=("validation accuracy" if est.is_accuracy else f"score ({est.name}, higher ranks better)"))
-    verdicts = module_verdicts(sp, records, res["front"], est.score, costs, k=verdict_pairs, seed=0, progress=progress)
-    verdicts.to_csv(folder / "modules.csv", index=False)
+    verdicts = module_verdicts(sp, records, res["front"], score, costs, k=verdict_pairs, seed=0, progress=progress)
+    with atomic(folder / "modules.csv") as tmp:
+        verdicts.to_csv(tmp, index=False)
     plot_modules(verdicts, folder / "modules.png", f"which modules pay off: {title}",
                  score_label=("validation accuracy" if est.is_accuracy else f"{est.name} score"))
     best = res["best"]
     return {"trials": len(records), "within_budget": sum(r.feasible for r in records),
             "over_budget": sum(r.state == "over_budget" for r in records),
             "failed": sum(r.state == "failed" for r in records),
+            "first_failure": next((r.message for r in records if r.state == "failed"), None),
             "front": res["front"], "best": best,
             "best_summary": None if best is None else {
                 "trial": best.number, "score": best.score, "val_acc": best.val_acc, "estimator": best.estimator,

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 from space.ops import aux_loss, set_progress, task_loss
 
 from .data import Batches
+from .interrupt import check as check_interrupt
 
 # Channels-last lets oneDNN run the many small depthwise and dilated convs of 8-16 channel cells
 # without layout reorders: 2.3x the training images/s of a supernet path and 1.3-1.9x of a
@@ -95,6 +96,7 @@ def train_supernet(net: nn.Module, sample_arch: Callable[[random.Random], object
         for epoch in range(start, epochs):
             t0, loss_sum, correct, seen = time.time(), 0.0, 0, 0
             for x, y in batches:
+                check_interrupt()
                 x = x.to(dev, non_blocking=True, memory_format=memory_format)
                 y = y.to(dev, non_blocking=True)
                 net.set_active(sample_arch(rng))

@@ -4,7 +4,6 @@ its test accuracy.  This is the number to trust; supernet accuracies only rank c
 from __future__ import annotations
 
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -17,9 +16,11 @@ from tqdm.auto import tqdm
 import space
 from space.ops import deploy, set_progress
 
+from .checks import DECAY, FRACTION, LR, POSITIVE_INT, SEED, check_numbers, resolve_device
 from .cli import OneLineParser
 from .data import DataError, Splits, load_dataset
 from .flops import count, params
+from .interrupt import check as check_interrupt
 from .supernet import FAST_FORMAT, accuracy, cosine_sgd, train_step
 
 
@@ -50,6 +51,7 @@ class Trainer:
                     net.set_drop_path(self.drop_path, self.epochs_done / self.total_epochs)
                 loss_sum = seen = 0
                 for x, y in self.batches:
+                    check_interrupt()
                     x = x.to(self.device, memory_format=self.memory_format)
                     y = y.to(self.device)
                     set_progress(net, self.step / self._total_steps)
@@ -101,11 +103,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--out", default=None, help="write the result JSON (and weights .pt) here")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
-    if not (math.isfinite(a.lr) and a.lr > 0) or a.epochs < 1 or a.batch_size < 1 or \
-            not (math.isfinite(a.weight_decay) and a.weight_decay >= 0) or \
-            (a.drop_path is not None and not 0 <= a.drop_path < 1):
-        print(f"{p.prog}: error: --lr must be a finite number > 0, --epochs and --batch-size >= 1, "
-              f"--weight-decay >= 0 and --drop-path in [0, 1)", file=sys.stderr)
+    try:
+        check_numbers(a, [("epochs", "--epochs", *POSITIVE_INT), ("batch_size", "--batch-size", *POSITIVE_INT),
+                          ("lr", "--lr", *LR), ("weight_decay", "--weight-decay", *DECAY),
+                          ("drop_path", "--drop-path", lambda v: v is None or 0 <= v < 1, "in [0, 1)"),
+                          ("val_fraction", "--val-fraction", *FRACTION), ("seed", "--seed", *SEED)])
+        device = resolve_device(a.device)
+    except ValueError as e:
+        print(f"{p.prog}: error: {e}", file=sys.stderr)
+        return 2
+    if a.out and Path(a.out).is_dir():
+        print(f"{p.prog}: error: --out {a.out} is a folder; name the result file, e.g. {Path(a.out) / 'result.json'}",
+              file=sys.stderr)
         return 2
     try:
         arch = space.load_arch(a.arch)
@@ -128,7 +137,6 @@ def main(argv: Optional[List[str]] = None) -> int:
     splits = Splits.make(ds, a.batch_size, a.val_fraction, a.seed, calib_batches=1)
     drop_path = a.drop_path if a.drop_path is not None else space.SPACES[arch.space].recipe_drop_path(arch)
     t0 = time.time()
-    device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
     res = train(arch, splits, a.epochs, a.lr, a.weight_decay, drop_path, a.seed, progress=not a.quiet, device=device)
     net = res["net"].cpu()
     out = {"arch_file": a.arch, "arch_hash": arch.arch_hash, "data": ds.describe(), "epochs": a.epochs,

@@ -53,6 +53,25 @@ def split_names(names: Sequence[str], slots: Dict[str, Any], always: Dict[str, S
     return out
 
 
+def whole(name: str, value: Any, least: int = 1) -> int:
+    """A space setting as an integer >= ``least``, or a ValueError naming it (settings arrive as
+    text from ``--space-opt``)."""
+    try:
+        v = int(value)
+        ok = v == value or isinstance(value, str)
+    except (TypeError, ValueError):
+        ok = False
+    if not ok or v < least:
+        raise ValueError(f"space setting {name} must be an integer >= {least}, got {value!r}")
+    return v
+
+
+def wholes(name: str, values: Any, least: int = 1) -> List[int]:
+    if isinstance(values, (int, str)):
+        values = [values]
+    return [whole(name, v, least) for v in values]
+
+
 def part_key(kind: str, **fields: Any) -> str:
     body = ",".join(f"{k}={v}" for k, v in sorted(fields.items()))
     return f"{kind}({body})"
@@ -67,6 +86,8 @@ class SearchSpace:
 
     name: ClassVar[str] = ""
     arch_cls: ClassVar[Type[ArchBase]]
+    # smallest image side the space takes: its downsampling must leave a feature map, not padding
+    min_side: ClassVar[int] = 16
     presets: ClassVar[Dict[str, ArchBase]] = {}
 
     def choices(self) -> Dict[str, List[Any]]:
@@ -82,6 +103,13 @@ class SearchSpace:
 
     def sample(self, rng: random.Random) -> ArchBase:
         return self.decode({k: rng.choice(v) for k, v in self.choices().items()})
+
+    def check_input(self, input_size: Sequence[int]) -> None:
+        """A ValueError for images the space cannot take (before any network is built)."""
+        _, h, w = input_size
+        if min(h, w) < self.min_side:
+            raise ValueError(f"images of {h}x{w} pixels are too small for the {self.name} space: it takes sides "
+                             f"of at least {self.min_side} (its downsampling would leave only padding)")
 
     def settings(self) -> Dict[str, Any]:
         """Resolved settings, written to config.json."""

@@ -21,7 +21,7 @@ import itertools
 from dataclasses import replace
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
-from .base import Part, SearchSpace
+from .base import Part, SearchSpace, whole, wholes
 from .darts_plan import (STEMS, STEPS, Cell, DartsArch, _head_part, _pre_parts, _stem_parts, build, edge_part,
                          fusion_part, parts, plan)
 from .darts_supernet import DartsSupernet
@@ -118,10 +118,17 @@ class DartsSpace(SearchSpace):
         self.fusions = FUSIONS.check(fusions if fusions is not None else DEFAULT_FUSIONS)
         if not self.ops or not self.fusions:
             raise ValueError("the space needs at least one op and one fusion")
-        self.channels, self.cells = int(channels), int(cells)
-        self.input_size = tuple(int(v) for v in input_size)
-        self.num_classes = int(num_classes)
-        self.supernet_channels, self.supernet_cells = int(supernet_channels), int(supernet_cells)
+        if set(self.ops) <= {"none"}:
+            raise ValueError("the space needs an op other than none (every cell would output zeros)")
+        self.channels, self.cells = whole("channels", channels, 2), whole("cells", cells)
+        self.input_size = tuple(wholes("input_size", input_size))
+        self.num_classes = whole("num_classes", num_classes, 2)
+        self.supernet_channels = whole("supernet_channels", supernet_channels, 2)
+        self.supernet_cells = whole("supernet_cells", supernet_cells)
+
+    @property
+    def min_side(self) -> int:  # type: ignore[override]
+        return 32 if self.stem == "imagenet" else 8  # stem stride 8 (ImageNet) or 1, then two reductions
 
     def settings(self) -> Dict[str, Any]:
         return {"space": self.name, "ops": list(self.ops), "fusions": list(self.fusions),

@@ -64,7 +64,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from torch import nn
 
-from .base import Part, SearchSpace, split_names
+from .base import Part, SearchSpace, split_names, whole, wholes
 from .metaformer_blocks import ChannelSub, TokenSub, available_necks, neck_inputs
 from .metaformer_plan import (BRA_TOPKS, MetaformerArch, MetaformerNet, Stage, Step, _deployed, adapted_stem_stride,
                               bra_kw, build, downsample_step, head_step, neck_step, parts, plan, stage_norm_step,
@@ -189,17 +189,18 @@ class MetaformerSpace(SearchSpace):
         self.token_mixers = TOKEN_MIXERS.check(token_mixers if token_mixers is not None else DEFAULT_TOKEN_MIXERS)
         self.channel_mixers = CHANNEL_MIXERS.check(channel_mixers if channel_mixers is not None
                                                    else DEFAULT_CHANNEL_MIXERS)
-        self.depths = [[int(d) for d in ds] for ds in depths]
-        self.widths = [[int(w) for w in ws] for ws in widths]
-        self.mlp_ratios = [int(r) for r in mlp_ratios]
+        self.depths = [wholes("depths", ds) for ds in depths]
+        self.widths = [wholes("widths", ws) for ws in widths]
+        self.mlp_ratios = wholes("mlp_ratios", mlp_ratios)
         self.necks = list(necks) if necks is not None else list(DEFAULT_NECKS)
         unknown = [n for n in self.necks if n not in available_necks()]
         if unknown:
             raise ValueError(f"unknown neck(s) {unknown}; available: {', '.join(available_necks())}")
-        self.input_size = tuple(int(v) for v in input_size)
-        self.num_classes = int(num_classes)
-        self.supernet_widths = [int(w) for w in supernet_widths]
-        self.neck_width, self.supernet_neck_width = int(neck_width), int(supernet_neck_width)
+        self.input_size = tuple(wholes("input_size", input_size))
+        self.num_classes = whole("num_classes", num_classes, 2)
+        self.supernet_widths = wholes("supernet_widths", supernet_widths)
+        self.neck_width = whole("neck_width", neck_width)
+        self.supernet_neck_width = whole("supernet_neck_width", supernet_neck_width)
         if not (self.token_mixers and self.channel_mixers and self.mlp_ratios and self.necks):
             raise ValueError("the space needs at least one token mixer, channel mixer, ratio and neck")
         if len(self.depths) != 4 or len(self.widths) != 4 or len(self.supernet_widths) != 4 \

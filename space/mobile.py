@@ -70,7 +70,7 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from torch import nn
 
-from .base import Part, SearchSpace, split_names
+from .base import Part, SearchSpace, split_names, whole, wholes
 from .mobile_plan import (BLOCK_TYPES, Block, BlockPlan, MobileArch, Stage, _down, _head_part, _scaled, _stem_part,
                           block_parts, block_plan, build, parts, plan)
 from .mobile_supernet import MobileSupernet
@@ -144,7 +144,7 @@ DEFAULT_FUSIONS = ("sum", "cga_fusion", "aff", "iaff")
 
 
 def _check_list(name: str, values: Sequence[Any]) -> List[Any]:
-    values = list(values)
+    values = [values] if isinstance(values, (int, str)) else list(values)  # --space-opt kernels=5
     if not values or len(set(values)) != len(values):
         raise ValueError(f"{name} must be a non-empty list without repeats, got {values}")
     return values
@@ -206,10 +206,11 @@ class MobileSpace(SearchSpace):
         ATTENTIONS.check(a for a in self.attentions if a != "none")
         self.fusions = FUSIONS.check(_check_list("fusions", fusions if fusions is not None else DEFAULT_FUSIONS))
         self.heads = HEADS.check(_check_list("heads", heads))
-        self.genet_groups = int(genet_groups)
-        self.input_size = tuple(int(v) for v in input_size)
-        self.num_classes = int(num_classes)
-        self.supernet_width, self.supernet_min_resolution = int(supernet_width), int(supernet_min_resolution)
+        self.genet_groups = whole("genet_groups", genet_groups)
+        self.input_size = tuple(wholes("input_size", input_size))
+        self.num_classes = whole("num_classes", num_classes, 2)
+        self.supernet_width = whole("supernet_width", supernet_width)
+        self.supernet_min_resolution = whole("supernet_min_resolution", supernet_min_resolution)
         if "genet" in self.heads:
             pre = self.base_net.preset
             widths = [pre.head_channels] if pre.head_channels else \

@@ -184,7 +184,7 @@ def test_a_proxy_run_says_what_its_score_is_and_how_far_to_trust_it(tmp_path, ca
     (["{arch}", "--out", "/proc/no/such/result.json"], "cannot write --out"),
     (["{binary}"], "is not a text (JSON) architecture file"),
     (["{arch}", "--lr", "nan"], "--lr must be a finite number"),
-    (["{arch}", "--drop-path", "1.5"], "--drop-path in [0, 1)"),
+    (["{arch}", "--drop-path", "1.5"], "--drop-path must be in [0, 1)"),
 ])
 def test_nas_train_refuses_bad_inputs_before_training(tmp_path, args, msg):
     arch, binary = tmp_path / "a.json", tmp_path / "b.json"

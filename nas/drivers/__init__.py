@@ -50,5 +50,9 @@ def options(name: str) -> List[str]:
     return [p.name for p in params if p.name not in ("self", *COMMON) and p.kind is p.POSITIONAL_OR_KEYWORD]
 
 
+def default_sampler(name: str) -> str:
+    return _class(name).default_sampler
+
+
 def get(name: str, **kwargs) -> Driver:
     return _class(name)(**kwargs)

@@ -17,6 +17,7 @@ class Driver:
     """
 
     name: ClassVar[str] = ""
+    default_sampler: ClassVar[str] = "nsga2"  # what --sampler means when not given
 
     def run(self, problem: Problem, n_trials: int, seed: int, on_trial: OnTrial, start: int = 0) -> None:
         raise NotImplementedError

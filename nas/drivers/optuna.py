@@ -7,10 +7,11 @@ through ``trial.set_constraint`` (Optuna 5 deprecates samplers' ``constraints_fu
 from __future__ import annotations
 
 import logging
-from typing import Dict, Optional
+from pathlib import Path
+from typing import Dict, List, Optional
 
 from .base import Driver, OnTrial
-from ..problem import Problem
+from ..problem import Problem, TrialRecord
 
 log = logging.getLogger(__name__)
 
@@ -19,14 +20,47 @@ class _Failed(Exception):
     """An evaluation that failed; its record is already written, Optuna marks the trial FAIL."""
 
 
+def check_storage(url: str) -> None:
+    """A ValueError, in one line, for a storage URL that cannot work: unparsable, a database driver
+    that is not installed, a server that does not answer.  Checked before the run folder exists.
+    SQLite is not opened (that would create the file)."""
+    from sqlalchemy import create_engine, exc
+    from sqlalchemy.engine import make_url
+
+    try:
+        u = make_url(url)
+    except exc.ArgumentError:
+        raise ValueError(f"--storage {url!r} is not a database URL (e.g. postgresql://user@host/db, "
+                         f"sqlite:///study.db)") from None
+    try:
+        engine = create_engine(u, **({"connect_args": {"connect_timeout": 5}}
+                                     if u.get_backend_name() == "postgresql" else {}))
+    except (ImportError, exc.NoSuchModuleError) as e:
+        pkg = {"psycopg": "'psycopg[binary]'", "psycopg2": "psycopg2-binary", "MySQLdb": "mysqlclient"}.get(
+            getattr(e, "name", None) or "")
+        hint = f" (pip install {pkg})" if pkg else ""
+        raise ValueError(f"--storage {u.drivername}://...: its database driver is not installed: {e}{hint}") from None
+    if u.get_backend_name() == "sqlite":
+        return
+    try:
+        with engine.connect():
+            pass
+    except exc.SQLAlchemyError as e:
+        why = str(getattr(e, "orig", None) or e).strip().splitlines()[0]
+        raise ValueError(f"cannot reach --storage {u.render_as_string(hide_password=True)}: {why}") from None
+    finally:
+        engine.dispose()
+
+
 class OptunaDriver(Driver):
     name = "optuna"
 
     def __init__(self, storage: str, study_name: str = "search", sampler: str = "nsga2",
-                 population: Optional[int] = None, **_):
+                 population: Optional[int] = None, folder: Optional[Path] = None, **_):
         if sampler not in ("nsga2", "tpe"):
             raise ValueError(f"unknown Optuna sampler {sampler!r} (nsga2 or tpe)")
         self.storage, self.study_name, self.sampler_name, self.population = storage, study_name, sampler, population
+        self.folder = Path(folder) if folder is not None else None
 
     def sampler(self, seed: int, n_trials: int):
         import optuna
@@ -39,16 +73,17 @@ class OptunaDriver(Driver):
     def run(self, problem: Problem, n_trials: int, seed: int, on_trial: OnTrial, start: int = 0) -> None:
         import optuna
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        optuna.logging.set_verbosity(optuna.logging.ERROR)  # its per-trial tracebacks: our records say it in a line
         directions = ["maximize" if o.maximize else "minimize" for o in problem.objectives]
         study = optuna.create_study(storage=self.storage, study_name=self.study_name, directions=directions,
                                     sampler=self.sampler(seed, n_trials), load_if_exists=True)
-        # (always: a run killed during its first trial left a study with no finished trial, and
-        # start == 0 then; a fresh run never reaches here with an existing study, run.py refuses
-        # a folder that already holds results unless --resume)
-        done = len([t for t in study.trials if t.state.is_finished()])
-        remaining = n_trials - max(done, start)
-        number = [max(done, start)]
+        if self.folder is not None:  # a resumed run, or a fresh one killed in its first trial
+            from ..results import TrialLog
+
+            self._reconcile(study, problem, TrialLog(self.folder).load()[:start])
+        # numbered after the trial log, not the study: a trial cut short by Ctrl-C is FAIL there
+        # but has no record, and must not leave a gap in the numbers
+        number = [start]
 
         def objective(trial: "optuna.Trial"):
             params = {k: trial.suggest_categorical(k, v) for k, v in problem.choices.items()}
@@ -59,12 +94,40 @@ class OptunaDriver(Driver):
             trial.set_user_attr("state", rec.state)
             trial.set_user_attr("arch_hash", rec.arch_hash)
             on_trial(rec)
+            trial.set_user_attr("record", rec.number)  # after the record is on disk: see _reconcile
             if rec.state == "failed":
                 raise _Failed(rec.message)
             return rec.values(problem.objectives)
 
-        if remaining > 0:
-            study.optimize(objective, n_trials=remaining, catch=(_Failed,), gc_after_trial=False)
+        if n_trials - start > 0:
+            study.optimize(objective, n_trials=n_trials - start, catch=(_Failed,), gc_after_trial=False)
+
+    def _reconcile(self, study, problem: Problem, records: List[TrialRecord]) -> None:
+        """Make the study hold what trials.jsonl holds after a kill: a record written just before
+        the kill never reached Optuna (told again here, so the sampler learns from it), and a
+        trial running at the kill stays RUNNING forever (failed here, in a study this run owns)."""
+        import optuna
+        from optuna.distributions import CategoricalDistribution
+        from optuna.trial import TrialState
+
+        told = {t.user_attrs["record"] for t in study.trials if t.state.is_finished() and "record" in t.user_attrs}
+        if not told and any(t.state.is_finished() for t in study.trials):
+            return  # a study written before records were tagged: nothing to match on
+        dists = {k: CategoricalDistribution(v) for k, v in problem.choices.items()}
+        for rec in records:
+            if rec.number in told:
+                continue
+            ok = rec.state != "failed"
+            study.add_trial(optuna.trial.create_trial(
+                state=TrialState.COMPLETE if ok else TrialState.FAIL,
+                values=rec.values(problem.objectives) if ok else None,
+                params=rec.choices, distributions={k: dists[k] for k in rec.choices},
+                user_attrs={"state": rec.state, "arch_hash": rec.arch_hash, "record": rec.number},
+                constraints=dict(rec.violations) or None))
+        if self.folder is not None and self.storage.endswith(str((self.folder / "study.db").resolve())):
+            for t in study.trials:  # the folder's lock says no other process runs these
+                if t.state == TrialState.RUNNING:
+                    study.tell(t.number, state=TrialState.FAIL)
 
     def describe(self) -> Dict[str, object]:
         return {"driver": self.name, "sampler": self.sampler_name, "storage": self.storage,

@@ -9,9 +9,12 @@ from ..problem import Problem
 
 class RandomDriver(Driver):
     name = "random"
+    default_sampler = "random"
 
-    def __init__(self, **_):
-        pass
+    def __init__(self, sampler: str = "random", **_):
+        if sampler != "random":  # a sampler here would silently not be the one asked for
+            raise ValueError(f"the random driver proposes uniformly at random; it takes no --sampler {sampler} "
+                             f"(use --driver optuna for nsga2 or tpe)")
 
     def run(self, problem: Problem, n_trials: int, seed: int, on_trial: OnTrial, start: int = 0) -> None:
         rng = random.Random(seed)

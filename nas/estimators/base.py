@@ -56,6 +56,11 @@ class Estimator:
     def __init__(self, ctx: Context):
         self.ctx = ctx
 
+    def check_folder(self) -> None:
+        """Read what the run folder holds for this estimator (a checkpoint), refusing what it
+        cannot use with a CheckpointError; writes nothing, and runs before the folder is claimed,
+        so a refused resume leaves the folder as it was."""
+
     def prepare(self) -> None:
         """One-off work before the first score (train a supernet); nothing by default."""
 

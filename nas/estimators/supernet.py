@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import random
 from typing import Any, Dict, List, Optional
 
@@ -13,6 +12,7 @@ import torch
 
 from space.arch import ArchBase
 
+from ..results import atomic
 from ..supernet import FAST_FORMAT, accuracy, device_of, recalibrate_bn, train_supernet
 from .base import ESTIMATORS, CheckpointError, Context, Estimator
 
@@ -72,29 +72,44 @@ class SupernetEstimator(Estimator):
     def _hash(self) -> str:
         return hashlib.sha1(json.dumps(self.fingerprint(), sort_keys=True).encode()).hexdigest()[:16]
 
-    def prepare(self) -> None:
-        """Train the supernet, or load the checkpoint a previous (interrupted) run saved."""
-        ck = self.checkpoint
-        if ck is not None and ck.exists():
-            try:  # tensors and plain data only: a crafted checkpoint cannot run code
-                state = torch.load(ck, map_location=device_of(self.net), weights_only=True)
-            except Exception as e:
-                first = (str(e).strip().splitlines() or [""])[0][:160]
-                raise CheckpointError(f"{ck} is not a supernet checkpoint this toolkit wrote, refused "
-                                      f"({type(e).__name__}: {first}); delete it to train anew") from None
-            if not isinstance(state, dict):
-                raise CheckpointError(f"{ck} is not a supernet checkpoint this toolkit wrote, refused")
-            resume = None
-            if state.get("fingerprint") == self._hash():
-                if state.get("epoch", self.epochs) >= self.epochs:  # trained to the end
-                    self.net.load_state_dict(state["weights"])
-                    self.history = state.get("history", [])
-                    log.info("loaded the trained supernet from %s", ck)
-                    return
-                resume = state  # killed mid-training: go on from its last finished epoch
+    def check_folder(self) -> None:
+        """A checkpoint a previous (interrupted) run saved: loaded if trained to the end, kept to
+        resume from if not; anything else refused."""
+        ck, self._resume, self._done, self._checked = self.checkpoint, None, False, False
+        if ck is None or not ck.exists():
+            self._checked = True
+            return
+        refused = f"{ck} is not a supernet checkpoint this toolkit wrote, refused"
+        try:  # tensors and plain data only: a crafted checkpoint cannot run code
+            state = torch.load(ck, map_location=device_of(self.net), weights_only=True)
+        except Exception as e:
+            first = (str(e).strip().splitlines() or [""])[0][:160]
+            raise CheckpointError(f"{refused} ({type(e).__name__}: {first}); delete it to train anew") from None
+        if not isinstance(state, dict) or state.get("fingerprint") != self._hash():
+            if isinstance(state, dict) and "fingerprint" in state:  # other settings: train anew over it
+                self._checked = True
+                return
+            raise CheckpointError(refused)
+        try:
+            if state.get("epoch", self.epochs) >= self.epochs:  # trained to the end
+                self.net.load_state_dict(state["weights"])
+                self.history, self._done = list(state.get("history", [])), True
+                log.info("loaded the trained supernet from %s", ck)
+            else:
+                self.net.load_state_dict(state["weights"])  # (again in training; here to refuse it early)
+                self._resume = state  # killed mid-training: go on from its last finished epoch
                 log.info("resuming supernet training from epoch %d of %d (%s)", state["epoch"], self.epochs, ck)
-        else:
-            resume = None
+        except (KeyError, TypeError, RuntimeError) as e:
+            raise CheckpointError(f"{refused}: {type(e).__name__}: {str(e).splitlines()[0][:160]}") from None
+        self._checked = True
+
+    def prepare(self) -> None:
+        """Train the supernet, unless check_folder found it trained."""
+        if not getattr(self, "_checked", False):
+            self.check_folder()
+        if self._done:
+            return
+        ck, resume = self.checkpoint, self._resume
         sample = FairSampler(self.ctx.space) if self.sampling == "fair" else self.ctx.space.sample
         self.history = train_supernet(self.net, sample, self.ctx.splits.train, self.epochs, self.lr,
                                       self.ctx.weight_decay, self.ctx.seed, progress=self.ctx.progress,
@@ -104,9 +119,8 @@ class SupernetEstimator(Estimator):
 
     def _save(self, state: Dict[str, Any]) -> None:
         """Every epoch, atomically (temp file + rename): a kill leaves the last finished epoch."""
-        tmp = self.checkpoint.with_name(self.checkpoint.name + ".tmp")
-        torch.save({"fingerprint": self._hash(), **state}, tmp)
-        os.replace(tmp, self.checkpoint)
+        with atomic(self.checkpoint) as tmp:
+            torch.save({"fingerprint": self._hash(), **state}, tmp)
 
     def _with(self, arch: ArchBase, split) -> float:
         torch.manual_seed(self.ctx.seed)  # stochastic layers see the same draws whatever the order

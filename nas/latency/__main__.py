@@ -134,10 +134,29 @@ def _command_line(argv: Optional[List[str]] = None) -> str:
     return env + "python -m nas.latency " + " ".join(shlex.quote(v) for v in (sys.argv[1:] if argv is None else argv))
 
 
+def _check_args(a: argparse.Namespace) -> None:
+    """Counts and limits refused before any timing or any file (one line, exit 2)."""
+    from ..checks import check_numbers
+
+    at_least = {"threads": 1, "batch": 1, "networks": 1, "rounds": 1, "group": 1, "samples": 1, "top": 1,
+                "anchors": 0, "warmup": 0, "chunk": 1, "net_rounds": 1, "net_group": 1, "references": 1,
+                "fillers": 0, "seed": 0, "min_seconds": 0, "max_wait": 0}
+    checks = [(k, f"--{k.replace('_', '-')}", lambda v, n=n: v is None or (v >= n and v == v and v != float("inf")),
+               f"a number >= {n}") for k, n in at_least.items() if hasattr(a, k)]
+    if hasattr(a, "max_load"):
+        checks.append(("max_load", "--max-load", lambda v: v is None or 0 < v <= 1, "a fraction in (0, 1]"))
+    try:
+        check_numbers(a, checks)
+    except ValueError as e:
+        raise LatencyError(str(e)) from None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     from .build import MEASURE_DEFAULTS
 
-    ap = argparse.ArgumentParser(prog="python -m nas.latency", description=__doc__.splitlines()[0])
+    from ..cli import OneLineParser
+
+    ap = OneLineParser(prog="python -m nas.latency", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
     b = sub.add_parser("build", help="measure every part of a space on this machine")
     b.add_argument("--space", required=True)
@@ -183,12 +202,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     a = ap.parse_args(argv)
     a.command_line = _command_line(argv)
     try:
+        _check_args(a)
         return {"build": _build, "refit": _refit, "validate": _validate, "show": _show}[a.cmd](a)
     except LatencyError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     except KeyError as e:  # an unknown space or op name (the registry's message names the known ones)
         print(f"error: {e.args[0] if e.args else e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path the user named that cannot be read or written
+        print(f"error: {e.filename or ''}: {e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume", file=sys.stderr)

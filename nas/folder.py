@@ -1,0 +1,84 @@
+"""The run folder: refused before any work where it cannot be this run's, then created and
+locked (one process per folder), and removed again if the run is refused before writing in it."""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, List
+
+from .checks import RunError
+
+# settings a resume may change: they shape no finished trial (verdicts: the end only)
+RESUMABLE_CHANGES = ("resume", "progress", "trials", "out", "device", "threads", "driver_options",
+                     "verdict_pairs", "trial_timeout")
+
+
+def check_folder(cfg: Any, default: Path) -> Path:
+    """The run folder's path, refused in one line where it cannot be this run's; creates nothing."""
+    out = Path(cfg.out) if cfg.out else default
+    if cfg.resume:
+        if not (out / "config.json").exists():
+            raise RunError(f"--resume: {out} holds no run to resume (no config.json)")
+        try:
+            old = json.loads((out / "config.json").read_text())["config"]
+            assert isinstance(old, dict)
+        except (ValueError, KeyError, TypeError, AssertionError, OSError):
+            raise RunError(f"--resume: {out / 'config.json'} is not a run's configuration") from None
+        mine = dataclasses.asdict(cfg)
+        diff = [k for k in mine if k not in RESUMABLE_CHANGES and old.get(k) != mine[k]]
+        if diff:
+            raise RunError(f"--resume: settings differ from the run in {out}: {', '.join(diff)}")
+    elif out.exists() and not out.is_dir():
+        raise RunError(f"--out {out} is a file, not a folder")
+    elif out.exists() and any(p.name != ".lock" for p in out.iterdir()):
+        raise RunError(f"{out} already holds results: choose another --out, or add --resume to continue it")
+    return out
+
+
+def claim_folder(out: Path) -> Path:
+    """Create ``out`` if need be and hold its lock until ``release_folders``."""
+    fresh = not out.exists() or all(p.name == ".lock" for p in out.iterdir())
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        lock = open(out / ".lock", "a")
+    except OSError as e:
+        raise RunError(f"cannot write to --out {out}: {e.strerror}") from None
+    _lock(out, lock)
+    if fresh:
+        _FRESH.append(out)
+    return out
+
+
+_LOCKS: List[Any] = []  # open lock files of this process's run folders, released when its run ends
+_FRESH: List[Path] = []  # folders this run created: removed again if it fails before writing anything
+
+
+def _lock(out: Path, fh) -> None:
+    """One process per run folder: a second one would duplicate trial numbers and overwrite
+    outputs.  (An advisory flock; on systems without fcntl the folder is not locked.)"""
+    try:
+        import fcntl
+    except ImportError:
+        _LOCKS.append(fh)
+        return
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.close()
+        raise RunError(f"{out} is in use by another search process: wait for it to end, or choose another "
+                       f"--out") from None
+    _LOCKS.append(fh)
+
+
+def release_folders(refused: bool = False) -> None:
+    """Release this process's locks; ``refused``: remove the folders it created and left empty."""
+    if refused:
+        for out in _FRESH:
+            left = {p.name for p in out.iterdir()} if out.is_dir() else set()
+            if left <= {".lock"}:
+                (out / ".lock").unlink(missing_ok=True)
+                out.rmdir()
+    _FRESH.clear()
+    while _LOCKS:
+        _LOCKS.pop().close()
