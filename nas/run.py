@@ -29,7 +29,7 @@ from .export import best_record, export
 from .flops import CONVENTION
 from .baselines import scaled_baselines
 from .plots import plot_modules, plot_pareto
-from .verdicts import module_verdicts
+from .verdicts import PAIR_COLUMNS, module_verdicts
 from .problem import Objective, Problem, TrialRecord
 from .rank.check import DIGITS_NOTE, benchmarked, rank_check, trust_line
 from .results import TRIAL_COLUMNS, TrialLog, atomic, default_run_dir, device_info, versions, write_json
@@ -137,8 +137,8 @@ def _calibrate(cfg: SearchConfig, constraints, pred):
         return None
     from . import latency as lat
 
-    try:
-        pred.calibrate()
+    try:  # a latency budget waits for a calm machine (the table's max_wait); a report does not
+        pred.calibrate(wait=_latency_wanted(cfg, constraints))
     except lat.LatencyError as e:
         if _latency_wanted(cfg, constraints):
             raise RunError(str(e)) from None
@@ -250,7 +250,9 @@ def _run(cfg: SearchConfig) -> Dict[str, Any]:
         raise RunError(str(e)) from None
     except ValueError as e:
         raise RunError(f"--resume: {e}") from None
+    t_cal = time.time()
     latency = _calibrate(cfg, constraints, latency)
+    t_cal = time.time() - t_cal
     objectives = _objectives(cfg, constraints, latency)
     settings = sp.settings()
     config = {
@@ -280,10 +282,12 @@ def _run(cfg: SearchConfig) -> Dict[str, Any]:
     say(f"budget: {'; '.join(c.describe() for c in constraints)}")
     if latency is not None:
         role = "constraint/objective" if any(o.name == "latency_ms" for o in objectives) else "reported only"
+        busy = latency.calibration_load
         say(f"latency: {role}, predicted from {latency.path} (rescaled x{latency.scale:.3f} for this "
-            f"machine's current speed)")
+            f"machine's current speed" + (f", timed while other processes used {busy:.0%} of the CPU"
+                                           if busy and busy > 0.1 else "") + ")")
 
-    phases: Dict[str, float] = {}
+    phases: Dict[str, float] = {"latency_calibration_s": t_cal}
     t0 = time.time() - t_est
     trust = benchmarked(sp.name, cfg.estimator, cfg.estimator_options, sp.settings(), cfg.epochs)
     say(f"estimator: {cfg.estimator}; {trust_line(trust, cfg.estimator, sp.name)}")
@@ -373,9 +377,13 @@ def finalize(folder: Path, records: List[TrialRecord], objectives, constraints, 
              f"(1 FLOP = 1 multiply-add, fvcore) | {what} on {ds.name} validation split")
     plot_pareto(trials, front, constraints, folder / "pareto.png", title, baselines=base,
                 accuracy_label=("validation accuracy" if est.is_accuracy else f"score ({est.name}, higher ranks better)"))
-    verdicts = module_verdicts(sp, records, res["front"], score, costs, k=verdict_pairs, seed=0, progress=progress)
+    pairs: List[Dict[str, Any]] = []
+    verdicts = module_verdicts(sp, records, res["front"], score, costs, k=verdict_pairs, seed=0, progress=progress,
+                               pairs=pairs)
     with atomic(folder / "modules.csv") as tmp:
         verdicts.to_csv(tmp, index=False)
+    with atomic(folder / "module_pairs.csv") as tmp:  # what nas.report pools over runs
+        pd.DataFrame(pairs, columns=PAIR_COLUMNS).to_csv(tmp, index=False)
     plot_modules(verdicts, folder / "modules.png", f"which modules pay off: {title}",
                  score_label=("validation accuracy" if est.is_accuracy else f"{est.name} score"))
     best = res["best"]

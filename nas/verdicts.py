@@ -16,7 +16,7 @@ Computed here, drawn by ``nas.plots.plot_modules``.
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Dict, List, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 import pandas as pd
@@ -26,6 +26,7 @@ MIN_PAIRS = 3  # a bootstrap over fewer pairs is no interval
 COLUMNS = ["role", "module", "plain", "evaluated", "share_evaluated", "on_front", "share_front", "enrichment",
            "pairs", "d_score", "d_score_lo", "d_score_hi", "d_mflops", "d_params", "d_latency_ms",
            "score_per_mflop", "verdict"]
+PAIR_COLUMNS = ["role", "module", "plain", "trial", "d_score", "d_mflops", "d_params", "d_latency_ms"]
 
 
 def bootstrap_mean(values: Sequence[float], n: int = 2000, level: float = 0.95, seed: int = 0):
@@ -50,8 +51,10 @@ def verdict(lo: float, hi: float, pairs: int) -> str:
 
 def module_verdicts(space, records: Sequence[Any], front: Sequence[Any], score: Callable[[Any], float],
                     costs: Callable[[Any], Dict[str, float]], k: int = 3, seed: int = 0,
-                    progress: bool = False) -> pd.DataFrame:
-    """One row per module the evaluated (feasible) candidates used; see the module docstring."""
+                    progress: bool = False, pairs: Optional[List[Dict[str, Any]]] = None) -> pd.DataFrame:
+    """One row per module the evaluated (feasible) candidates used; see the module docstring.
+    ``pairs``: a list that receives every ablation pair (``PAIR_COLUMNS``), which ``nas.report``
+    pools over runs."""
     evaluated = [r for r in records if r.state == "complete" and r.arch is not None]
     if not evaluated:
         return pd.DataFrame(columns=COLUMNS)
@@ -85,6 +88,11 @@ def module_verdicts(space, records: Sequence[Any], front: Sequence[Any], score: 
             dparams.append(r.params - c2["params"])
             if r.latency_ms is not None and c2.get("latency_ms") is not None:
                 dlat.append(r.latency_ms - c2["latency_ms"])
+            if pairs is not None:
+                pairs.append({"role": role, "module": name, "plain": space.plain(role, name), "trial": r.number,
+                              "d_score": deltas[-1], "d_mflops": dflops[-1], "d_params": dparams[-1],
+                              "d_latency_ms": (r.latency_ms - c2["latency_ms"]) if r.latency_ms is not None
+                              and c2.get("latency_ms") is not None else math.nan})
         mean, lo, hi = bootstrap_mean(deltas, seed=seed)
         share_eval = len(users) / len(evaluated)
         share_front = on_front / max(1, len(front_ids))

@@ -22,7 +22,7 @@ TINY = ["--data", "digits", "--epochs", "1", "--trials", "8", "--quiet", "--batc
         "--space-opt", "channels=8", "--space-opt", "cells=3",
         "--space-opt", "supernet_channels=4", "--space-opt", "supernet_cells=2"]
 FILES = ["config.json", "trials.csv", "pareto.csv", "best.json", "pareto.png", "baselines.csv", "summary.json",
-         "study.db", "trials.jsonl", "modules.csv", "modules.png"]
+         "study.db", "trials.jsonl", "modules.csv", "modules.png", "module_pairs.csv"]
 
 
 def _run(tmp_path, name, budget="8.5MFLOPs", extra=()):
@@ -59,6 +59,17 @@ def test_run_writes_every_output(runs):
     mods = pd.read_csv(out / "modules.csv")
     assert len(mods) and set(mods.verdict) <= {"pays off", "costs accuracy", "no measurable effect", "too few pairs"}
     assert (mods.evaluated >= 1).all() and (mods.pairs <= 3).all()
+
+
+def test_module_pairs_are_the_pairs_behind_the_verdicts(runs):
+    _, out = runs[0]
+    verdicts, pairs = pd.read_csv(out / "modules.csv"), pd.read_csv(out / "module_pairs.csv")
+    counted = pairs.groupby(["role", "module"]).size()
+    for r in verdicts.itertuples():
+        assert counted.get((r.role, r.module), 0) == r.pairs
+        if r.pairs:
+            mine = pairs[(pairs.role == r.role) & (pairs.module == r.module)]
+            assert abs(mine.d_score.mean() - r.d_score) < 1e-9
 
 
 def test_exported_archs_are_within_budget_by_plain_fvcore(runs):

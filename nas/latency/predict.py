@@ -253,14 +253,16 @@ class Predictor:
                 others.append(f)
         return archs, then, others
 
-    def calibrate(self, force: bool = False, max_age: Optional[float] = None) -> float:
+    def calibrate(self, force: bool = False, max_age: Optional[float] = None, wait: bool = True) -> float:
         """Time the reference network(s) now and rescale predictions by now / in the table.
 
         Once per process and table: later calls return the cached scale, unless ``force`` or
         the cached one is older than ``max_age`` seconds.  Re-calibrating follows the machine's
         speed (which can switch by 30% or more on a shared VM) at the price of judging earlier
         and later candidates at different speeds; a search that compares candidates against one
-        budget is usually better served by one calibration.
+        budget is usually better served by one calibration.  ``wait=False`` times once, however
+        busy the machine (latency that is only reported must not hold up a FLOP-budget search
+        for the table's ``max_wait``).
         """
         cached = _CALIBRATED.get(self.content_hash)
         if cached is not None and not force and (max_age is None or time.time() - cached[1] <= max_age):
@@ -275,7 +277,7 @@ class Predictor:
         ms = self.meta.get("measure", {})
         now, self.calibration_load, _ = gated(
             lambda: time_references(archs, self.device_type, self.threads, self.batch, ms, others),
-            ms.get("max_load"), ms.get("max_wait", 0.0))
+            ms.get("max_load"), ms.get("max_wait", 0.0) if wait else 0.0)
         self.scale = speed_ratio(now, then)
         self.calibrated = True
         _CALIBRATED[self.content_hash] = (self.scale, time.time())

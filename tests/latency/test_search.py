@@ -61,3 +61,30 @@ def test_latency_budget_without_a_table_is_a_one_line_error(tmp_path):
     lines = [line for line in r.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "no latency table" in lines[0] and "Traceback" not in r.stderr, r.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_a_flop_budget_search_does_not_wait_for_a_calm_machine(table, tmp_path, monkeypatch):
+    """Latency only reported (a FLOP budget, the table found on its own) is calibrated at once on a
+    loaded machine; a latency budget would wait for calm (the table's max_wait)."""
+    import nas.latency as lat
+
+    waits = []
+    calibrate = lat.Predictor.calibrate
+
+    def recording(self, force=False, max_age=None, wait=True):
+        waits.append(wait)  # the first call times anew (not the scale an earlier test cached)
+        return calibrate(self, force=len(waits) == 1, max_age=max_age, wait=wait)
+
+    monkeypatch.setattr(lat, "find_shipped_table", lambda space, settings: table)
+    monkeypatch.setattr(lat.Predictor, "calibrate", recording)
+    load = subprocess.Popen([sys.executable, "-c", "while True: pass"])  # a busy machine
+    try:
+        out = tmp_path / "run"
+        assert main(["--budget", "20MFLOPs", "--out", str(out), *CLI, "--estimator", "zc:params",
+                     "--verdict-pairs", "0"]) == 0
+    finally:
+        load.kill()
+    summary = json.loads((out / "summary.json").read_text())
+    assert waits[0] is False  # (later calls return the cached scale)
+    assert summary["phases"]["latency_calibration_s"] < 10
+    assert pd.read_csv(out / "trials.csv").latency_ms.notna().any()  # and latency is still reported
