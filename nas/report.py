@@ -58,7 +58,8 @@ def collect(runs: Sequence[Path], by: str = "budget") -> pd.DataFrame:
         if not set(PAIR_COLUMNS) <= set(pairs.columns):
             raise ReportError(f"{run}/module_pairs.csv lacks columns {sorted(set(PAIR_COLUMNS) - set(pairs.columns))}")
         estimators.add(cfg.get("config", {}).get("estimator"))
-        frames.append(pairs.assign(run=str(run), column=_column(cfg, by)))
+        frames.append(pairs.assign(run=str(run), column=_column(cfg, by),
+                                   estimator=str(cfg.get("config", {}).get("estimator"))))
     if len(estimators) > 1 and by != "estimator":
         raise ReportError(f"the runs use different estimators ({', '.join(sorted(map(str, estimators)))}): their "
                           f"scores are in different units; report them apart, or --by estimator")
@@ -152,7 +153,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     df = summarise(pairs)
     with atomic(out / "report.csv") as tmp:
         df.to_csv(tmp, index=False)
-    plot_report(df, out / "report.png")
+    plot_report(df, out / "report.png", score_label=f"{' / '.join(sorted(pairs.estimator.unique()))} score")
     with pd.option_context("display.width", 160, "display.max_rows", 200):
         print(df[["module", "plain", "column", "runs", "pairs", "d_score", "d_score_lo", "d_score_hi",
                   "verdict"]].to_string(index=False, float_format=lambda v: f"{v:+.4g}"))

@@ -122,17 +122,10 @@ def test_existing_folder_without_resume_is_refused(runs, capsys):
     assert "already holds results" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("args,msg", [
+@pytest.mark.parametrize("args,msg", [  # the breadth is in test_bad_inputs.py, in-process; these pin a real process
     (["--ops", "sep_conv3x3"], "did you mean sep_conv_3x3"),
-    (["--space", "nope"], "unknown search space"),
     (["--data", "/nonexistent/x.npz"], "no such file"),
-    (["--driver", "hyperband"], "unknown driver"),
-    (["--estimator", "zc:synfow"], "did you mean zc:synflow"),
-    (["--estimator", "zc:synflow", "--estimator-opt", "bogus=1"], "takes no option bogus"),
-    (["--lr", "nan"], "--lr must be a finite number"),
-    (["--budget", "1e999MFLOPs"], "too large"),
     (["--budget", "1e300GFLOPs"], "infinite"),
-    (["--lr", "-0.1"], "--lr must be a finite number"),
 ])
 def test_bad_inputs_are_one_line_errors(tmp_path, args, msg):
     cmd = [sys.executable, "search.py", "--budget", "1MFLOPs", "--out", str(tmp_path / "x"), "--quiet", *args]

@@ -43,3 +43,12 @@ def test_private_names_the_drivers_use_still_exist(extra, module, cls, names):
     missing = [n for n in names if not hasattr(obj, n) and n not in src]
     assert not missing, (f"{module}.{cls or ''} no longer has {missing}: nas/drivers/{extra}.py relies on them; "
                          f"adapt the driver or pin the extra's version in setup.cfg")
+
+
+def test_optunas_private_hypervolume_still_computes_a_known_area():
+    """bench/samplers.py measures fronts with optuna._hypervolume (Optuna has no public one)."""
+    import numpy as np
+    from optuna._hypervolume import compute_hypervolume
+
+    # two points (0.2, 0.6) and (0.5, 0.3) under reference (1, 1): 0.8*0.4 + 0.5*0.7 - 0.5*0.4 = 0.47
+    assert abs(compute_hypervolume(np.array([[0.2, 0.6], [0.5, 0.3]]), np.array([1.0, 1.0])) - 0.47) < 1e-12
