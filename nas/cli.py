@@ -96,6 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trial-timeout", type=float, default=0.0, metavar="SECONDS",
                    help="a candidate whose scoring takes longer is a failed trial and the search goes on "
                         "(default 0: no limit; optuna and random drivers)")
+    p.add_argument("--verify", type=int, default=0, metavar="K",
+                   help="train the K ablation pairs of the best candidates stand-alone briefly (reduced copies, "
+                        "--rank-check-epochs) and report whether training moves the way the verdicts' scores do "
+                        "(verify.csv; default off)")
     p.add_argument("--epochs", type=int, default=6, help="supernet training epochs (default 6)")
     p.add_argument("--data", default=None,
                    help="CIFAR-10 batches folder (downloaded if missing), 'cifar10' (cache folder), an .npz with "
@@ -170,6 +174,7 @@ def _search(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                        population=args.population, trials=args.trials, epochs=args.epochs,
                        estimator=args.estimator or SearchConfig.estimator, estimator_options=dict(args.estimator_opt),
                        rank_check=args.rank_check, rank_check_epochs=args.rank_check_epochs, verdict_pairs=args.verdict_pairs,
+                       verify=args.verify,
                        batch_size=args.batch_size, lr=args.lr, data=args.data, out=args.out, seed=args.seed,
                        storage=args.storage, latency_lut=args.latency_lut, force_lut=args.force_lut,
                        threads=args.threads, device=args.device, resume=args.resume, progress=not args.quiet,
@@ -212,6 +217,10 @@ def _report(s: Dict[str, Any]) -> None:
     print(f"ranking: {s['trust']}")
     if s.get("rank_check") is not None or s["phases"].get("rank_check_s") is not None:
         print(check_line(s.get("rank_check")))
+    v = s.get("verify")
+    if v:
+        print(f"verify: trained stand-alone ({v['epochs']} epoch(s)), the accuracy moved the way the score did in "
+              f"{v['agree']} of {v['k']} ablation pairs ({v['file']})")
     for w in s.get("warnings", []):
         print(f"note: {w}")
     ph = s["phases"]

@@ -29,7 +29,7 @@ from .export import best_record, export
 from .flops import CONVENTION
 from .baselines import scaled_baselines
 from .plots import plot_modules, plot_pareto
-from .verdicts import PAIR_COLUMNS, module_verdicts
+from .verdicts import PAIR_COLUMNS, module_verdicts, verify_pairs
 from .problem import Objective, Problem, TrialRecord
 from .rank.check import DIGITS_NOTE, benchmarked, rank_check, trust_line
 from .results import TRIAL_COLUMNS, TrialLog, atomic, default_run_dir, device_info, versions, write_json
@@ -54,6 +54,7 @@ class SearchConfig:
     rank_check: int = 0  # train the top-K and K random candidates stand-alone and report the estimator's tau
     rank_check_epochs: int = 1  # epochs of each rank-check training (reduced copy, as the ground truth)
     verdict_pairs: int = 3  # per module, the best candidates using it that modules.csv ablates (0: none)
+    verify: int = 0  # train the K ablation pairs of the best candidates stand-alone: do the verdicts hold?
     epochs: int = 6  # supernet epochs: a usable ranking within minutes on a 2-core CPU
     batch_size: int = 64  # supernet training batch
     lr: float = 0.05  # SGD with Nesterov momentum, cosine schedule (SPOS-like)
@@ -171,6 +172,7 @@ _NUMBERS = [
     ("rank_check", "--rank-check", lambda v: v >= 0, "an integer >= 0"),
     ("rank_check_epochs", "--rank-check-epochs", *POSITIVE_INT),
     ("verdict_pairs", "--verdict-pairs", lambda v: v >= 0, "an integer >= 0"),
+    ("verify", "--verify", lambda v: v >= 0, "an integer >= 0"),
 ]
 
 
@@ -325,6 +327,13 @@ def _run(cfg: SearchConfig) -> Dict[str, Any]:
                        0 if interrupted else cfg.verdict_pairs, cfg.progress,
                        score=_unscored if interrupted else problem.timed_score)
     phases["export_s"] = time.time() - t0
+    verify = None
+    if cfg.verify and not interrupted:
+        t0 = time.time()
+        verify = verify_pairs(sp, records, summary.pop("pairs"), cfg.verify, splits, ds, cfg.seed,
+                              cfg.rank_check_epochs, folder, progress=cfg.progress)
+        phases["verify_s"] = time.time() - t0
+    summary.pop("pairs", None)
     check = None
     if cfg.rank_check and not interrupted:
         t0 = time.time()
@@ -334,7 +343,7 @@ def _run(cfg: SearchConfig) -> Dict[str, Any]:
     desc = est.describe()
     summary.update(phases=phases, interrupted=interrupted, seconds=time.time() - t_start,
                    counted_parts=costs.counter.traced, estimator=desc, ranking_benchmark=trust,
-                   trust=trust_line(trust, cfg.estimator, sp.name), rank_check=check,
+                   trust=trust_line(trust, cfg.estimator, sp.name), rank_check=check, verify=verify,
                    warnings=_quality_warnings(desc.get("history"), records, ds.num_classes, ds.name))
     write_json(folder / "summary.json", {k: v for k, v in summary.items() if k not in ("front", "best")})
     return summary
@@ -387,7 +396,7 @@ def finalize(folder: Path, records: List[TrialRecord], objectives, constraints, 
     plot_modules(verdicts, folder / "modules.png", f"which modules pay off: {title}",
                  score_label=("validation accuracy" if est.is_accuracy else f"{est.name} score"))
     best = res["best"]
-    return {"trials": len(records), "within_budget": sum(r.feasible for r in records),
+    return {"trials": len(records), "pairs": pairs, "within_budget": sum(r.feasible for r in records),
             "over_budget": sum(r.state == "over_budget" for r in records),
             "failed": sum(r.state == "failed" for r in records),
             "first_failure": next((r.message for r in records if r.state == "failed"), None),

@@ -106,3 +106,44 @@ def module_verdicts(space, records: Sequence[Any], front: Sequence[Any], score: 
                      "score_per_mflop": mean / mflops if dflops and abs(mflops) > 1e-9 else math.nan,
                      "verdict": verdict(lo, hi, len(deltas))})
     return pd.DataFrame(rows, columns=COLUMNS)
+
+
+def verify_pairs(space, records: Sequence[Any], pairs: Sequence[Dict[str, Any]], k: int, splits, ds, seed: int,
+                 epochs: int, folder, progress: bool = False) -> Optional[Dict[str, Any]]:
+    """``--verify K``: the K ablation pairs of the best-scored candidates trained stand-alone
+    (reduced copies, ``epochs`` each: the ground truth's recipe), with the module and with its
+    plain counterpart.  A pair agrees where the trained accuracy moved the way the score did.
+    Rows go to ``verify.csv`` as they finish."""
+    import csv
+
+    from .rank.truth import train_copy
+
+    by_trial = {r.number: r for r in records}
+    pick = sorted(pairs, key=lambda p: -(by_trial[p["trial"]].score or 0.0))[:k]
+    if not pick:
+        return None
+    trained: Dict[str, float] = {}
+
+    def acc(arch) -> float:
+        if arch.arch_hash not in trained:
+            trained[arch.arch_hash] = train_copy(arch, None, splits, epochs, 0.05, seed, ds.input_size,
+                                                 ds.num_classes)["val_acc"]
+        return trained[arch.arch_hash]
+
+    rows = []
+    with open(folder / "verify.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, ["role", "module", "plain", "trial", "d_score", "acc_with", "acc_without", "d_acc",
+                               "agree"])
+        w.writeheader()
+        for p in tqdm(pick, desc="verify", unit="pair", disable=not progress):
+            arch = by_trial[p["trial"]].arch
+            a_with, a_without = acc(arch), acc(space.without(arch, p["role"], p["module"]))
+            d_acc = a_with - a_without
+            row = {**{key: p[key] for key in ("role", "module", "plain", "trial", "d_score")},
+                   "acc_with": a_with, "acc_without": a_without, "d_acc": d_acc,
+                   "agree": bool(np.sign(d_acc) == np.sign(p["d_score"]))}
+            w.writerow(row)
+            f.flush()
+            rows.append(row)
+    return {"k": len(rows), "agree": sum(r["agree"] for r in rows), "epochs": epochs, "file": "verify.csv",
+            "note": "stand-alone reduced copies trained briefly: does training move the way the score did?"}

@@ -208,3 +208,15 @@ def test_a_latency_table_of_another_space_is_refused(tmp_path):
                        capture_output=True, text=True, timeout=300, cwd=ROOT_DIR)
     assert r.returncode == 2 and "latency table of the 'metaformer' space, not 'darts'" in r.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_verify_trains_the_best_pairs_and_says_whether_training_agrees(tmp_path, capsys):
+    rc, out = _run(tmp_path, "verify", extra=["--estimator", "zc:naswot", "--verify", "2", "--trials", "12"])
+    assert rc == 0
+    rows = pd.read_csv(out / "verify.csv")
+    pairs = pd.read_csv(out / "module_pairs.csv")
+    assert len(rows) == min(2, len(pairs)) and rows.acc_with.between(0, 1).all() and rows.acc_without.between(0, 1).all()
+    assert ((rows.d_acc > 0) == (rows.d_score > 0)).eq(rows.agree).all() or (rows.d_acc == 0).any()
+    v = json.loads((out / "summary.json").read_text())["verify"]
+    assert v["k"] == len(rows) and v["agree"] == int(rows.agree.sum())
+    assert f"in {v['agree']} of {v['k']} ablation pairs" in capsys.readouterr().out
