@@ -90,7 +90,7 @@ def main() -> int:
             done.append({k: str(v) for k, v in row.items()})
             print(f"{name} seed {seed}: test {res['test_acc']:.3f} ({res['seconds']:.0f} s)", file=sys.stderr)
     lines = [f"$ python bench/outcome.py {' '.join(shlex.quote(x) for x in sys.argv[1:])}", "",
-             f"run: {a.run} (budget {c['budget']}, estimator {c['estimator']}); data: {ds.name}; recipe: the "
+             f"run: {Path(a.run).resolve().relative_to(ROOT) if Path(a.run).resolve().is_relative_to(ROOT) else a.run} (budget {c['budget']}, estimator {c['estimator']}); data: {ds.name}; recipe: the "
              f"ground truth's (reduced copy, {a.epochs} epochs, lr 0.05), seeds 0..{a.seeds - 1}", "",
              f"{'candidate':<22}{'deployed MFLOPs':>16}{'params':>10}{'test acc mean':>15}{'std':>7}  per seed"]
     for name, arch, cost in cands:
