@@ -18,13 +18,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import shlex
 import statistics
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from _report import command, emit  # noqa: E402  (bench/ is this script's folder)
 
 import space  # noqa: E402
 from nas.baselines import fit_to_budget  # noqa: E402
@@ -89,7 +89,7 @@ def main() -> int:
                 w.writerow(row)
             done.append({k: str(v) for k, v in row.items()})
             print(f"{name} seed {seed}: test {res['test_acc']:.3f} ({res['seconds']:.0f} s)", file=sys.stderr)
-    lines = [f"$ python bench/outcome.py {' '.join(shlex.quote(x) for x in sys.argv[1:])}", "",
+    lines = [command(), "",
              f"run: {Path(a.run).resolve().relative_to(ROOT) if Path(a.run).resolve().is_relative_to(ROOT) else a.run} (budget {c['budget']}, estimator {c['estimator']}); data: {ds.name}; recipe: the "
              f"ground truth's (reduced copy, {a.epochs} epochs, lr 0.05), seeds 0..{a.seeds - 1}", "",
              f"{'candidate':<22}{'deployed MFLOPs':>16}{'params':>10}{'test acc mean':>15}{'std':>7}  per seed"]
@@ -100,9 +100,7 @@ def main() -> int:
         sd = statistics.stdev(accs) if len(accs) > 1 else float("nan")
         lines.append(f"{name:<22}{cost['flops'] / 1e6:>16.1f}{cost['params'] / 1e6:>9.2f}M{statistics.mean(accs):>15.4f}"
                      f"{sd:>7.4f}  {' '.join(f'{v:.4f}' for v in accs)}")
-    text = "\n".join(lines) + "\n"
-    print(text, end="")
-    text_path.write_text(text)
+    emit(lines, str(text_path))
     return 0
 
 

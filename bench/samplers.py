@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import shlex
 import statistics
 import sys
 import time
@@ -26,6 +25,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from _report import command, emit  # noqa: E402  (bench/ is this script's folder)
 
 import numpy as np  # noqa: E402
 
@@ -107,7 +107,7 @@ def main() -> int:
     hv = {k: hypervolume(np.array([[1 - (s - lo) / (hi - lo), f / limit] for s, f in pts]), ref)
           for k, pts in runs.items()}
     feasible = {k: len(pts) / a.trials for k, pts in runs.items()}
-    lines = [f"$ python bench/samplers.py {' '.join(shlex.quote(x) for x in sys.argv[1:])}", "",
+    lines = [command(), "",
              f"darts space (default candidates), budget {a.budget} (1 FLOP = 1 multiply-add, fvcore), "
              f"{a.trials} trials per run, seeds 0..{a.seeds - 1}, scores: {a.estimator} on {ds.name} "
              f"(cached per architecture), hypervolume of (score up, FLOPs down): score from the 5th percentile "
@@ -120,10 +120,7 @@ def main() -> int:
         share = statistics.mean(feasible[sampler, s] for s in range(a.seeds))
         lines.append(f"{sampler:<10}{statistics.mean(vals):>12.4f}{sd:>8.4f}   "
                      f"{' '.join(f'{v:.4f}' for v in vals):<44}{statistics.mean(vals) / rand:>9.2f}x{share:>14.0%}")
-    text = "\n".join(lines) + "\n"
-    print(text, end="")
-    if a.out:
-        Path(a.out).write_text(text)
+    emit(lines, a.out)
     return 0
 
 

@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+from _report import command, emit  # noqa: E402  (bench/ is this script's folder)
 from nas.rank.evaluate import load_truth, ranking_metrics  # noqa: E402
 
 
@@ -57,7 +57,7 @@ def main() -> int:
     first, second = Path(a.truth), Path(a.second)
     rows, n, agree = fidelity(first, second)
     meta = json.loads(second.with_suffix(".json").read_text())["settings"]
-    lines = [f"$ python bench/truth_fidelity.py {' '.join(shlex.quote(x) for x in sys.argv[1:])}", "",
+    lines = [command(), "",
              f"first truth:  {first.name} (mean of its seeds)",
              f"second truth: {second.name} ({meta['epochs']} epochs, {meta['seeds']} seed(s), same recipe otherwise)",
              f"{n} architectures in both; the two truths agree at Kendall tau {agree['kendall_tau']:.3f}, "
@@ -66,10 +66,7 @@ def main() -> int:
     for r in rows:
         lines.append(f"{r['estimator']:<60}{r['first']['kendall_tau']:>10.3f}{r['second']['kendall_tau']:>11.3f}"
                      f"{r['second']['spearman_rho']:>11.3f}{r['second']['top25_overlap']:>12.2f}")
-    text = "\n".join(lines) + "\n"
-    print(text, end="")
-    if a.out:
-        Path(a.out).write_text(text)
+    emit(lines, a.out)
     return 0
 
 
