@@ -12,6 +12,7 @@ class RunError(RuntimeError):
 Check = Tuple[str, str, Callable[[Any], bool], str]  # (attribute, flag, valid?, what it must be)
 
 POSITIVE_INT = (lambda v: v >= 1, "an integer >= 1")
+NON_NEGATIVE_INT = (lambda v: v >= 0, "an integer >= 0")
 SEED = (lambda v: 0 <= v < 2 ** 32, "an integer in [0, 2**32) (numpy's seed range)")
 LR = (lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
 DECAY = (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")

@@ -19,9 +19,9 @@ from space.registry import UnknownName
 
 from . import drivers
 from .budget import Constraint, parse_budget, slug
-from .checks import RunError
+from .checks import (DECAY, FRACTION, LR, NON_NEGATIVE_INT, POSITIVE_INT, SEED, RunError, check_numbers,
+                     resolve_device)
 from .folder import check_folder, claim_folder, release_folders
-from .checks import DECAY, FRACTION, LR, POSITIVE_INT, SEED, check_numbers, resolve_device
 from .costs import CostModel
 from .data import Dataset, Splits, load_dataset
 from . import estimators
@@ -138,10 +138,11 @@ def _calibrate(cfg: SearchConfig, constraints, pred):
         return None
     from . import latency as lat
 
+    wanted = _latency_wanted(cfg, constraints)
     try:  # a latency budget waits for a calm machine (the table's max_wait); a report does not
-        pred.calibrate(wait=_latency_wanted(cfg, constraints))
+        pred.calibrate(wait=wanted)
     except lat.LatencyError as e:
-        if _latency_wanted(cfg, constraints):
+        if wanted:
             raise RunError(str(e)) from None
         log.warning("latency not reported: %s", e)
         return None
@@ -159,7 +160,7 @@ def _objectives(cfg: SearchConfig, constraints: List[Constraint], latency) -> Li
 
 _NUMBERS = [
     ("trials", "--trials", *POSITIVE_INT),
-    ("epochs", "--epochs", lambda v: v >= 0, "an integer >= 0"),
+    ("epochs", "--epochs", *NON_NEGATIVE_INT),
     ("batch_size", "--batch-size", *POSITIVE_INT),
     ("population", "--population", lambda v: v is None or v >= 2, "an integer >= 2 (NSGA-II needs two parents)"),
     ("seed", "--seed", *SEED),
@@ -169,10 +170,10 @@ _NUMBERS = [
     ("val_fraction", "val_fraction", *FRACTION),
     ("calib_batches", "calib_batches", *POSITIVE_INT),
     ("trial_timeout", "--trial-timeout", lambda v: math.isfinite(v) and v >= 0, "seconds >= 0 (0: no limit)"),
-    ("rank_check", "--rank-check", lambda v: v >= 0, "an integer >= 0"),
+    ("rank_check", "--rank-check", *NON_NEGATIVE_INT),
     ("rank_check_epochs", "--rank-check-epochs", *POSITIVE_INT),
-    ("verdict_pairs", "--verdict-pairs", lambda v: v >= 0, "an integer >= 0"),
-    ("verify", "--verify", lambda v: v >= 0, "an integer >= 0"),
+    ("verdict_pairs", "--verdict-pairs", *NON_NEGATIVE_INT),
+    ("verify", "--verify", *NON_NEGATIVE_INT),
 ]
 
 
