@@ -50,6 +50,17 @@ def _kv(text: str) -> tuple:
     return k.strip(), v.strip()
 
 
+def _formats(text: str) -> List[str]:
+    from .export.formats import FORMATS
+
+    names = [] if text.strip() == "none" else _csv(text)
+    bad = [n for n in names if n not in FORMATS]
+    if bad or (not names and text.strip() != "none"):
+        raise argparse.ArgumentTypeError(f"unknown format {', '.join(bad) or repr(text)}; known: "
+                                         f"{', '.join(FORMATS)}, or none")
+    return names
+
+
 def _budget(text: str) -> str:
     from .budget import BudgetError, parse_budget
 
@@ -96,6 +107,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trial-timeout", type=float, default=0.0, metavar="SECONDS",
                    help="a candidate whose scoring takes longer is a failed trial and the search goes on "
                         "(default 0: no limit; optuna and random drivers)")
+    p.add_argument("--export", type=_formats, default=None, metavar="FORMATS",
+                   help="best.json's network written to <run>/export/ in these formats, each checked, with a model "
+                        "card (default py,torchscript,pt2,onnx; 'none' skips; see python -m nas.export)")
     p.add_argument("--verify", type=int, default=0, metavar="K",
                    help="train the K ablation pairs of the best candidates stand-alone briefly (reduced copies, "
                         "--rank-check-epochs) and report whether training moves the way the verdicts' scores do "
@@ -178,7 +192,8 @@ def _search(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                        batch_size=args.batch_size, lr=args.lr, data=args.data, out=args.out, seed=args.seed,
                        storage=args.storage, latency_lut=args.latency_lut, force_lut=args.force_lut,
                        threads=args.threads, device=args.device, resume=args.resume, progress=not args.quiet,
-                       trial_timeout=args.trial_timeout)
+                       trial_timeout=args.trial_timeout,
+                       **({} if args.export is None else {"export": args.export}))
     try:
         summary = run(cfg)
     except (RunError, DataError, UnknownName) as e:
@@ -225,6 +240,12 @@ def _report(s: Dict[str, Any]) -> None:
         print(f"note: {w}")
     ph = s["phases"]
     extra = f", rank check {ph['rank_check_s']:.0f}s" if "rank_check_s" in ph else ""
+    if s.get("exported"):
+        ok = [f for f, good in s["exported"].items() if good]
+        bad = [f for f, good in s["exported"].items() if not good]
+        print(f"model export of best.json: {', '.join(ok) or 'no format'} written and checked"
+              + (f"; {', '.join(bad)} failed (why: export/card.md)" if bad else "") + f": {s['folder']}/export/")
+        extra += f", model export {ph['model_export_s']:.0f}s"
     print(f"time: estimator {ph['estimator_prepare_s']:.0f}s, search {ph['search_s']:.0f}s, "
           f"export {ph['export_s']:.0f}s{extra}")
     print(f"results: {s['folder']}")

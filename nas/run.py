@@ -25,7 +25,9 @@ from .folder import check_folder, claim_folder, release_folders
 from .costs import CostModel
 from .data import Dataset, Splits, load_dataset
 from . import estimators
-from .export import best_record, export
+from .export.formats import FORMATS
+from .export.model import export_best
+from .front import best_record, export
 from .flops import CONVENTION
 from .baselines import scaled_baselines
 from .plots import plot_modules, plot_pareto
@@ -72,6 +74,7 @@ class SearchConfig:
     resume: bool = False  # continue the run in `out` (same settings) after an interruption
     progress: bool = True  # progress bars on stderr
     trial_timeout: float = 0.0  # seconds one candidate's scoring may take before it is a failed trial; 0: none
+    export: List[str] = field(default_factory=lambda: list(FORMATS))  # best.json's network out as files; []: none
 
 
 def _space(cfg: SearchConfig, ds: Dataset):
@@ -341,8 +344,15 @@ def _run(cfg: SearchConfig) -> Dict[str, Any]:
         check = rank_check(records, cfg.rank_check, splits, ds, cfg.seed, cfg.rank_check_epochs, folder,
                            progress=cfg.progress)
         phases["rank_check_s"] = time.time() - t0
+    exported = None
+    if cfg.export and not interrupted:
+        t0 = time.time()
+        card = export_best(folder, summary["best"], cfg.export, trust_line(trust, cfg.estimator, sp.name), latency,
+                           say=tqdm.write if cfg.progress else log.info)
+        exported = card and {o["format"]: o["ok"] for o in card["formats"]}
+        phases["model_export_s"] = time.time() - t0
     desc = est.describe()
-    summary.update(phases=phases, interrupted=interrupted, seconds=time.time() - t_start,
+    summary.update(exported=exported, phases=phases, interrupted=interrupted, seconds=time.time() - t_start,
                    counted_parts=costs.counter.traced, estimator=desc, ranking_benchmark=trust,
                    trust=trust_line(trust, cfg.estimator, sp.name), rank_check=check, verify=verify,
                    warnings=_quality_warnings(desc.get("history"), records, ds.num_classes, ds.name))

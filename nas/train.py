@@ -17,7 +17,7 @@ import space
 from space.ops import deploy, set_progress
 
 from .checks import DECAY, FRACTION, LR, POSITIVE_INT, SEED, check_numbers, resolve_device
-from .cli import OneLineParser
+from .cli import OneLineParser, _formats
 from .data import DataError, Splits, load_dataset
 from .flops import count, params
 from .interrupt import check as check_interrupt
@@ -101,8 +101,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda")
     p.add_argument("--out", default=None, help="write the result JSON (and weights .pt) here")
+    p.add_argument("--export", type=_formats, default=None, metavar="FORMATS",
+                   help="with --out: the trained network into <out>_export/ in these formats, checked, with a model "
+                        "card (default py,torchscript,pt2,onnx; 'none' skips)")
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
+    if a.export is None:
+        from .export.formats import FORMATS
+        a.export = list(FORMATS)
     try:
         check_numbers(a, [("epochs", "--epochs", *POSITIVE_INT), ("batch_size", "--batch-size", *POSITIVE_INT),
                           ("lr", "--lr", *LR), ("weight_decay", "--weight-decay", *DECAY),
@@ -150,6 +156,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         torch.save(net.state_dict(), path.with_suffix(".pt"))
     print(f"test accuracy: {res['test_acc']:.4f} ({ds.name}, {len(ds.y_test)} test images, {a.epochs} epochs); "
           f"val {res['val_acc']:.4f}; {out['params']:,} params, {out['flops']:,} FLOPs (multiply-adds)")
+    if a.out and a.export:
+        from .export.model import export_model
+
+        where = Path(a.out).with_name(Path(a.out).stem + "_export")
+        print(f"exporting the trained network into {where}/:")
+        export_model(arch, where, a.export, net=net, about={
+            "val_acc": res["val_acc"], "test_acc": res["test_acc"], "weights": f"trained ({a.epochs} epochs, {ds.name})",
+            "accuracy_source": f"stand-alone training on {ds.name}, {a.epochs} epochs"},
+            command=" ".join(["python -m nas.train"] + list(sys.argv[1:] if argv is None else argv)))
     return 0
 
 

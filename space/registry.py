@@ -8,6 +8,7 @@ without naming every op.
 from __future__ import annotations
 
 import difflib
+import inspect
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 
@@ -38,6 +39,7 @@ class Registry:
         self._fns: Dict[str, Callable] = {}
         self._tags: Dict[str, frozenset] = {}
         self._meta: Dict[str, dict] = {}
+        self._origin: Dict[str, str] = {}  # the module that registered each entry (its paper's file)
         self._aliases: Dict[str, str] = {}  # another accepted spelling -> the registered name
 
     def register(self, name: str, fn: Optional[Callable] = None, *, tags: Iterable[str] = (),
@@ -53,21 +55,29 @@ class Registry:
             if not isinstance(value, META_FIELDS[key][0]):
                 raise TypeError(f"{self.kind} {name!r}: {key} must be a {META_FIELDS[key][0].__name__}, got {value!r}")
 
+        origin = _caller_module()
+
         def deco(f: Callable) -> Callable:
             if name in self._fns:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._origin[name] = origin
             self._fns[name] = f
             self._tags[name] = frozenset(tags)
             self._meta[name] = dict(meta)
             return f
         return deco(fn) if fn is not None else deco
 
+    def origin(self, name: str) -> str:
+        """The module that registered ``name``: the file of its published idea, whose docstring opens
+        with the paper (an op adapted from an attention names the attention's file, not the adapter's)."""
+        return self._origin[self.canonical(name)]
+
     def remove(self, name: str) -> None:
         """Forget ``name`` and its aliases (a test's throwaway entry, a plug-in being reloaded)."""
         self.get(name)
         name = self.canonical(name)
-        for d in (self._fns, self._tags, self._meta):
-            del d[name]
+        for d in (self._fns, self._tags, self._meta, self._origin):
+            d.pop(name, None)
         for a in [a for a, n in self._aliases.items() if n == name]:
             del self._aliases[a]
 
@@ -155,3 +165,16 @@ NECKS = Registry("neck", "(channels: Sequence[int], C_out: int, **kw) -> nn.Modu
                  "the deepest backbone levels it takes")
 HEADS = Registry("head", "(C_in: int, num_classes: int, mid_channels: int = 0, **kw) -> nn.Module; "
                  "forward(x: B,C,H,W) -> B,num_classes logits")
+
+
+# helpers that register entries on behalf of a paper's file (the op adapters)
+_ON_BEHALF = {__name__, "space.ops.common"}
+
+
+def _caller_module() -> str:
+    frame = inspect.currentframe()
+    while frame is not None and (frame.f_globals.get("__name__") == __name__ or frame.f_globals.get(
+            "__name__") in _ON_BEHALF and frame.f_code.co_name != "<module>"):  # an adapter, not the file itself
+        frame = frame.f_back
+    return frame.f_globals.get("__name__", "?") if frame is not None else "?"
+

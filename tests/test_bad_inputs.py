@@ -250,7 +250,7 @@ def test_nas_latency_refuses_in_one_line_and_writes_nothing(files, tmp_path, cap
 TINY = ["--data", "digits", "--epochs", "1", "--trials", "6", "--quiet", "--batch-size", "128",
         "--estimator", "supernet", "--ops", "skip_connect,sep_conv_3x3", "--fusions", "sum", "--seed", "1",
         "--space-opt", "channels=8", "--space-opt", "cells=3", "--space-opt", "supernet_channels=4",
-        "--space-opt", "supernet_cells=2", "--verdict-pairs", "0"]
+        "--space-opt", "supernet_cells=2", "--verdict-pairs", "0", "--export", "none"]
 
 
 @pytest.fixture(scope="module")

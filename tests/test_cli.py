@@ -20,7 +20,7 @@ ROOT_DIR = Path(__file__).resolve().parents[1]
 TINY = ["--data", "digits", "--epochs", "1", "--trials", "8", "--quiet", "--batch-size", "128", "--estimator", "supernet",
         "--ops", "skip_connect,max_pool_3x3,sep_conv_3x3,dil_conv_3x3,do_conv_3x3", "--fusions", "sum",
         "--space-opt", "channels=8", "--space-opt", "cells=3",
-        "--space-opt", "supernet_channels=4", "--space-opt", "supernet_cells=2"]
+        "--space-opt", "supernet_channels=4", "--space-opt", "supernet_cells=2", "--export", "none"]
 FILES = ["config.json", "trials.csv", "pareto.csv", "best.json", "pareto.png", "baselines.csv", "summary.json",
          "study.db", "trials.jsonl", "modules.csv", "modules.png", "module_pairs.csv"]
 
@@ -34,7 +34,7 @@ def _run(tmp_path, name, budget="8.5MFLOPs", extra=()):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli")
-    return [_run(tmp, "a"), _run(tmp, "b")]
+    return [_run(tmp, "a", extra=["--export", "py,torchscript,pt2,onnx"]), _run(tmp, "b")]
 
 
 def test_run_writes_every_output(runs):
@@ -59,6 +59,13 @@ def test_run_writes_every_output(runs):
     mods = pd.read_csv(out / "modules.csv")
     assert len(mods) and set(mods.verdict) <= {"pays off", "costs accuracy", "no measurable effect", "too few pairs"}
     assert (mods.evaluated >= 1).all() and (mods.pairs <= 3).all()
+    card = json.loads((out / "export" / "card.json").read_text())  # best.json's network, every format, checked
+    best = json.loads((out / "best.json").read_text())
+    assert card["arch_hash"] == best["arch_hash"] and card["score"]["value"] == best["score"]
+    assert {o["format"]: o["ok"] for o in card["formats"]} == {f: True for f in ("py", "torchscript", "pt2", "onnx")}
+    assert all((out / "export" / o["file"]).exists() for o in card["formats"])
+    assert json.loads((out / "summary.json").read_text())["exported"]["onnx"] is True
+    assert not (runs[1][1] / "export").exists()  # --export none
 
 
 def test_module_pairs_are_the_pairs_behind_the_verdicts(runs):
@@ -166,6 +173,12 @@ def test_train_an_exported_arch(runs, capsys):
     acc = float(line.split("test accuracy:")[1].split()[0])
     assert 0.0 <= acc <= 1.0
     assert json.loads(res.read_text())["drop_path"] == 0.0  # DARTS' recipe rate is for 600 epochs
+    card = json.loads((out / "trained" / "result_export" / "card.json").read_text())  # with the trained weights
+    assert card["weights"].startswith("trained") and card["score"]["test_acc"] == json.loads(res.read_text())["test_acc"]
+    assert all(o["ok"] for o in card["formats"])
+    weights = torch.load(out / "trained" / "result_export" / "weights.pt", weights_only=True)
+    trained = torch.load(res.with_suffix(".pt"), weights_only=True)
+    assert weights.keys() == trained.keys() and all(torch.equal(weights[k], trained[k]) for k in weights)
 
 
 def test_a_proxy_run_says_what_its_score_is_and_how_far_to_trust_it(tmp_path, capsys):

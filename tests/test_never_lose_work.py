@@ -17,14 +17,14 @@ import pytest
 
 from nas.cli import main as search_main
 from nas.estimators import ESTIMATORS, Estimator
-from nas.export import front_records
+from nas.front import front_records
 from nas.problem import Objective, TrialRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--data", "digits", "--quiet", "--batch-size", "128", "--seed", "5",
         "--ops", "skip_connect,max_pool_3x3,sep_conv_3x3,dil_conv_3x3,do_conv_3x3", "--fusions", "sum",
         "--space-opt", "channels=8", "--space-opt", "cells=3", "--space-opt", "supernet_channels=4",
-        "--space-opt", "supernet_cells=2"]
+        "--space-opt", "supernet_cells=2", "--export", "none"]
 OUTPUTS = ["config.json", "trials.csv", "trials.jsonl", "pareto.csv", "pareto.png", "best.json", "baselines.csv",
            "modules.csv", "modules.png", "summary.json", "study.db"]
 
@@ -74,7 +74,7 @@ def test_raising_nan_and_hanging_candidates_are_failed_trials_and_every_output_i
 # -- kills and interrupts at random moments ----------------------------------------------------
 
 KILL = ["--budget", "8.5MFLOPs", "--estimator", "supernet", "--epochs", "2", "--trials", "14",
-        "--verdict-pairs", "1", *TINY]
+        "--verdict-pairs", "1", "--export", "py", *TINY]
 
 
 def _lines(path: Path) -> int:

@@ -19,7 +19,7 @@ SETTINGS = {"ops": OPS, "fusions": ["sum"], "channels": 8, "cells": 3, "supernet
             "supernet_cells": 2, "num_classes": 10}
 CLI = ["--data", "digits", "--epochs", "1", "--trials", "8", "--quiet", "--batch-size", "128", "--seed", "1",
        "--ops", ",".join(OPS), "--fusions", "sum", "--space-opt", "channels=8", "--space-opt", "cells=3",
-       "--space-opt", "supernet_channels=4", "--space-opt", "supernet_cells=2"]
+       "--space-opt", "supernet_channels=4", "--space-opt", "supernet_cells=2", "--export", "none"]
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Export: the Pareto-optimal architectures as JSON (``space.load_arch`` reads them back), the
+"""The run's front: the Pareto-optimal architectures as JSON (``space.load_arch`` reads them back), the
 most accurate one within budget as best.json, and pareto.csv."""
 from __future__ import annotations
 
