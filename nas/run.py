@@ -29,6 +29,7 @@ from .export.formats import FORMATS
 from .export.model import export_best
 from .front import best_record, export
 from .flops import CONVENTION
+from .latency.choose import choose as choose_latency, open_and_calibrate, wanted as latency_wanted
 from .baselines import scaled_baselines
 from .plots import plot_modules, plot_pareto
 from .verdicts import PAIR_COLUMNS, module_verdicts, verify_pairs
@@ -97,66 +98,11 @@ def _space(cfg: SearchConfig, ds: Dataset):
         raise RunError(f"bad --space-opt for space {cfg.space!r}: {e}") from None
 
 
-def _latency_wanted(cfg: SearchConfig, constraints) -> bool:
-    """Latency is a constraint and objective only when asked for; a shipped table found on its
-    own only reports it (the objectives, and so a seed's trials, must not depend on the machine)."""
-    return cfg.latency_lut is not None or any(c.kind == "latency" for c in constraints)
-
-
-def _latency(cfg: SearchConfig, constraints, sp):
-    wants = _latency_wanted(cfg, constraints)
-    try:
-        from . import latency as lat
-    except ImportError:
-        if wants:
-            raise RunError("latency tables are not available in this installation") from None
-        return None
-    path = cfg.latency_lut or lat.find_shipped_table(sp.name, sp.settings())
-    if path is None:
-        if wants:
-            raise RunError(f"no latency table for space {sp.name!r} on this machine: build one with "
-                           f"`python -m nas.latency build --space {sp.name} --device cpu` and pass --latency-lut")
-        return None
-    try:
-        pred = lat.Predictor.load(path, force=cfg.force_lut)
-        if pred.meta.get("space") != sp.name:
-            raise lat.LatencyError(f"{path} is a latency table of the {pred.meta.get('space')!r} space, "
-                                   f"not {sp.name!r}")
-        missing = pred.missing_keys(sp) if cfg.latency_lut else []
-        if missing and not pred.native:
-            raise lat.LatencyError(f"{path} lacks {len(missing)} part(s) of this {sp.name} space (e.g. "
-                                   f"{missing[0]}) and was measured on another machine")
-    except lat.LatencyError as e:
-        if wants:
-            raise RunError(str(e)) from None
-        log.warning("latency not reported: %s", e)
-        return None
-    return pred
-
-
-def _calibrate(cfg: SearchConfig, constraints, pred):
-    """Time the table's reference networks now (seconds, more on a busy machine): after every
-    check, so that a refused run never waits for it."""
-    if pred is None:
-        return None
-    from . import latency as lat
-
-    wanted = _latency_wanted(cfg, constraints)
-    try:  # a latency budget waits for a calm machine (the table's max_wait); a report does not
-        pred.calibrate(wait=wanted)
-    except lat.LatencyError as e:
-        if wanted:
-            raise RunError(str(e)) from None
-        log.warning("latency not reported: %s", e)
-        return None
-    return pred
-
-
 def _objectives(cfg: SearchConfig, constraints: List[Constraint], latency) -> List[Objective]:
     obj = [Objective("score", True), Objective("flops", False)]
     if any(c.kind == "params" for c in constraints):
         obj.append(Objective("params", False))
-    if latency is not None and _latency_wanted(cfg, constraints):
+    if latency is not None and latency_wanted(cfg, constraints):
         obj.append(Objective("latency_ms", False))
     return obj
 
@@ -218,7 +164,7 @@ def _run(cfg: SearchConfig) -> Dict[str, Any]:
         sp.check_input(ds.input_size)
     except (UnknownName, ValueError) as e:
         raise RunError(str(e)) from None
-    latency = _latency(cfg, constraints, sp)  # a missing or foreign table is refused before any folder exists
+    latency = choose_latency(cfg, constraints, sp)  # a table given but unusable is refused before any folder
     # everything that can refuse the run does so before its folder exists: the folder's path, the
     # driver with its options and storage, and the estimator with its options (their
     # constructors only remember the folder; prepare() below is the first to write in it)
@@ -257,7 +203,7 @@ def _run(cfg: SearchConfig) -> Dict[str, Any]:
     except ValueError as e:
         raise RunError(f"--resume: {e}") from None
     t_cal = time.time()
-    latency = _calibrate(cfg, constraints, latency)
+    latency = open_and_calibrate(cfg, constraints, latency, say=tqdm.write if cfg.progress else log.info)
     t_cal = time.time() - t_cal
     objectives = _objectives(cfg, constraints, latency)
     settings = sp.settings()
@@ -272,8 +218,10 @@ def _run(cfg: SearchConfig) -> Dict[str, Any]:
         "space": settings,
         "objectives": [dataclasses.asdict(o) for o in objectives],
         "driver": driver.describe(),
-        "latency_table": None if latency is None else {"path": str(latency.path), "sha256": latency.content_hash,
-                                                       "meta": latency.meta},
+        "latency_table": None if latency is None else {
+            "path": str(latency.path), "sha256": latency.content_hash, "meta": latency.meta,
+            "own": latency.autosave is not None,  # this device's table, grown as the search meets parts
+            "parts_at_start": len(latency)},
         "seed": cfg.seed,
         "device": {**device_info(), "estimation_device": device},
         "versions": versions(),
@@ -289,7 +237,8 @@ def _run(cfg: SearchConfig) -> Dict[str, Any]:
     if latency is not None:
         role = "constraint/objective" if any(o.name == "latency_ms" for o in objectives) else "reported only"
         busy = latency.calibration_load
-        say(f"latency: {role}, predicted from {latency.path} (rescaled x{latency.scale:.3f} for this "
+        own = ", this device's own table: new parts are timed as they come" if latency.autosave else ""
+        say(f"latency: {role}, predicted from {latency.path}{own} (rescaled x{latency.scale:.3f} for this "
             f"machine's current speed" + (f", timed while other processes used {busy:.0%} of the CPU"
                                            if busy and busy > 0.1 else "") + ")")
 
@@ -352,6 +301,8 @@ def _run(cfg: SearchConfig) -> Dict[str, Any]:
         exported = card and {o["format"]: o["ok"] for o in card["formats"]}
         phases["model_export_s"] = time.time() - t0
     desc = est.describe()
+    if latency is not None and latency.timed_parts:
+        phases.update(latency_parts_timed=latency.timed_parts, latency_timing_s=round(latency.timing_s, 1))
     summary.update(exported=exported, phases=phases, interrupted=interrupted, seconds=time.time() - t_start,
                    counted_parts=costs.counter.traced, estimator=desc, ranking_benchmark=trust,
                    trust=trust_line(trust, cfg.estimator, sp.name), rank_check=check, verify=verify,

@@ -8,12 +8,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from .measure import LatencyError, device_identity
+from .local import table_name as default_table_name  # one naming for shipped and cached tables
+from .measure import LatencyError
 
 
 def _settings(text: Optional[str]) -> Dict[str, Any]:
@@ -30,9 +30,6 @@ def _settings(text: Optional[str]) -> Dict[str, Any]:
     return d
 
 
-def default_table_name(space: str, device: str, threads: int, batch: int) -> str:
-    model = re.sub(r"[^a-z0-9]+", "-", device_identity(device)["model"].lower()).strip("-")
-    return f"{space}_{device}-{model}_t{threads}_b{batch}.csv"
 
 
 def _build(a: argparse.Namespace) -> int:

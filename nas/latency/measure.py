@@ -51,14 +51,17 @@ def device_type(device: Union[str, torch.device]) -> str:
 
 
 def device_identity(device: Union[str, torch.device] = "cpu") -> Dict[str, Any]:
-    """What decides whether a table measured elsewhere applies here: type, model, CPU count."""
+    """What decides whether a table measured elsewhere applies here: type, model, CPU count.
+    ``PLUGNAS_DEVICE_NAME`` overrides the model (tests; users who keep several machines' tables
+    apart that report the same model)."""
     t = device_type(device)
+    named = os.environ.get("PLUGNAS_DEVICE_NAME", "").strip()
     if t == "cuda":
         if not torch.cuda.is_available():
             raise LatencyError("a cuda device was asked for but torch sees no GPU here")
         idx = torch.device(device).index or 0
-        return {"type": "cuda", "model": torch.cuda.get_device_name(idx), "cpus": os.cpu_count()}
-    return {"type": "cpu", "model": cpu_model(), "cpus": os.cpu_count()}
+        return {"type": "cuda", "model": named or torch.cuda.get_device_name(idx), "cpus": os.cpu_count()}
+    return {"type": "cpu", "model": named or cpu_model(), "cpus": os.cpu_count()}
 
 
 def describe(identity: Dict[str, Any]) -> str:

@@ -16,6 +16,9 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
+import numpy as np
+import pandas as pd
+
 
 from .measure import (LatencyError, describe, device_identity, gated, make_inputs, speed_ratio,
                       num_threads, statistic, time_interleaved)
@@ -94,6 +97,10 @@ class Predictor:
         self._eff = {k: self.model.factor_for(self._kind[k], inputs[k]) * v for k, v in self._raw.items()}
         here = current_identity(self.meta)
         self.native = here is not None and same_device(self.meta.get("device", {}), here)
+        self.autosave: Optional[Path] = None  # a device's own table (local.py): parts timed are written back
+        self.progress = False  # a bar while parts are timed
+        self.added: List[Dict[str, Any]] = []  # rows timed in this process, not yet in self.table
+        self.timed_parts, self.timing_s = 0, 0.0  # what timing new parts cost this process
 
     # -- loading -----------------------------------------------------------------------------
     @classmethod
@@ -196,8 +203,12 @@ class Predictor:
                 seen.add(p.key)
                 anchors.append(p)
         anchors = sorted(anchors, key=lambda p: -self._raw[p.key])[:8]
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(missing), desc="latency: timing new parts on this device", unit="part", leave=False,
+                   disable=not self.progress or len(missing) < 2, dynamic_ncols=True)
         for i in range(0, len(missing), 32):
-            chunk = missing[i:i + 32]
+            chunk, t0 = missing[i:i + 32], time.time()
             samples = time_parts(list(chunk) + anchors, self.meta, self.device_type, self.threads, self.batch)
             stat = self.meta.get("measure", {}).get("stat", "median")
             now = [statistic(v, stat) for v in samples]
@@ -205,11 +216,28 @@ class Predictor:
                 ratio = speed_ratio(now[len(chunk):], [self._raw[a.key] for a in anchors])
             else:
                 ratio = self.calibrate()
-            for p, t in zip(chunk, now):
+            for p, t, v in zip(chunk, now, samples):
                 self._raw[p.key] = t / ratio
                 self._kind[p.key] = p.kind
                 self._eff[p.key] = self.model.factor_for(p.kind, shapes_text(p.inputs)) * self._raw[p.key]
+                q20, q80 = (float(np.quantile(v, q)) / ratio for q in (0.2, 0.8))
+                self.added.append({"key": p.key, "kind": p.kind, "ms": t / ratio, "q20": q20, "q80": q80,
+                                   "n": len(v), "inputs": shapes_text(p.inputs)})
+            bar.update(len(chunk))
+            self.timed_parts, self.timing_s = self.timed_parts + len(chunk), self.timing_s + time.time() - t0
+            if self.autosave is not None:  # after every chunk: a run cut short keeps what it timed
+                self.save(self.autosave)
+        bar.close()
         return [p.key for p in missing]
+
+    def save(self, path: Union[str, Path]) -> Path:
+        """Write the table with the parts timed in this process (atomically).  The content hash a
+        run records stays the one it loaded: the entries it predicted with are unchanged."""
+        if self.added:
+            rows = pd.concat([self.table.rows, pd.DataFrame(self.added)], ignore_index=True)
+            self.table = Table(rows, self.meta)
+            self.added = []
+        return self.table.save(path)
 
     def complete(self, space: Any) -> List[str]:
         """Make sure every part of ``space.all_parts()`` has an entry: on the table's device the

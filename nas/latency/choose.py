@@ -1,0 +1,90 @@
+"""Which latency table a search uses: the one given, a shipped one that fits this machine, or this
+device's own table (``local.py``), grown as the search meets parts.  Chosen before the run folder
+exists (nothing is created or timed then); opened and calibrated after every other check."""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import nas.latency as lat  # looked up at call time: tests stand in a table for the shipped ones
+
+from ..checks import RunError
+from .local import local_path, open_local
+from .measure import LatencyError, describe, device_identity
+from .predict import Predictor
+
+log = logging.getLogger("nas")
+
+
+def wanted(cfg: Any, constraints) -> bool:
+    """Latency is a constraint and objective only when asked for; a table found on its own only
+    reports it (the objectives, and so a seed's trials, must not depend on the machine)."""
+    return cfg.latency_lut is not None or any(c.kind == "latency" for c in constraints)
+
+
+@dataclass
+class Local:
+    """This device's own table, to be opened (and created, if new) once the run is accepted."""
+    space: Any
+    device: str
+    threads: Optional[int]
+    why: str
+
+    @property
+    def path(self):
+        return local_path(self.space.name, self.device, self.threads)
+
+
+def choose(cfg: Any, constraints, sp) -> Any:
+    """A Predictor, a ``Local`` to open later, or None (latency not reported, said why)."""
+    device = "cuda" if cfg.device == "cuda" else "cpu"
+    threads = cfg.threads or None
+    try:
+        here = describe(device_identity(device))
+    except LatencyError as e:
+        if wanted(cfg, constraints):
+            raise RunError(str(e)) from None
+        log.warning("latency not reported: %s", e)
+        return None
+    path = cfg.latency_lut or (lat.find_shipped_table(sp.name, sp.settings()) if device == "cpu" else None)
+    if path is None:
+        return Local(sp, device, threads, f"no shipped latency table fits this machine ({here})")
+    try:
+        pred = Predictor.load(path, force=True)
+        if pred.meta.get("space") != sp.name:
+            raise LatencyError(f"{path} is a latency table of the {pred.meta.get('space')!r} space, "
+                               f"not {sp.name!r}")
+        if not pred.native and not cfg.force_lut:  # another machine's times do not apply here
+            return Local(sp, device, threads, f"{path} was measured on {describe(pred.meta.get('device', {}))}, "
+                                              f"this is {here}")
+        missing = pred.missing_keys(sp) if cfg.latency_lut else []
+        if missing and not pred.native:
+            raise LatencyError(f"{path} lacks {len(missing)} part(s) of this {sp.name} space (e.g. "
+                               f"{missing[0]}) and was measured on another machine")
+    except LatencyError as e:
+        if wanted(cfg, constraints):
+            raise RunError(str(e)) from None
+        log.warning("latency not reported: %s", e)
+        return None
+    return pred
+
+
+def open_and_calibrate(cfg: Any, constraints, pred, say=print) -> Optional[Predictor]:
+    """Time the table's reference network(s) now (seconds; a latency budget waits for a calm
+    machine, a report does not), opening this device's own table first where that was chosen."""
+    if pred is None:
+        return None
+    want = wanted(cfg, constraints)
+    try:
+        if isinstance(pred, Local):
+            say(f"latency: {pred.why}; timing each new part on this device as the search meets it, "
+                f"into {pred.path} (reused by later runs)")
+            pred = open_local(pred.space, pred.device, pred.threads, progress=cfg.progress)
+        pred.calibrate(wait=want)
+    except LatencyError as e:
+        if want:
+            raise RunError(str(e)) from None
+        log.warning("latency not reported: %s", e)
+        return None
+    return pred
