@@ -20,6 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from _report import command, emit  # noqa: E402  (bench/ is this script's folder)
+from nas.rank.check import BENCHMARKS  # noqa: E402
 from nas.rank.evaluate import load_truth, ranking_metrics  # noqa: E402
 
 
@@ -53,6 +54,9 @@ def main() -> int:
     ap.add_argument("--truth", default=str(ROOT / "results/benchmarks/ranking/truth_darts_cifar10_subset.csv"))
     ap.add_argument("--second", default=str(ROOT / "results/benchmarks/ranking/truth_darts_cifar10_subset_e6.csv"))
     ap.add_argument("--out", default=None)
+    ap.add_argument("--what", default=None, help="how the second truth differs, as the runs' trust line says it "
+                    "(default: '<epochs> epochs, same architectures')")
+    ap.add_argument("--no-write-benchmarks", action="store_true", help="leave nas/rank/benchmarks.json alone")
     a = ap.parse_args()
     first, second = Path(a.truth), Path(a.second)
     rows, n, agree = fidelity(first, second)
@@ -67,6 +71,14 @@ def main() -> int:
         lines.append(f"{r['estimator']:<60}{r['first']['kendall_tau']:>10.3f}{r['second']['kendall_tau']:>11.3f}"
                      f"{r['second']['spearman_rho']:>11.3f}{r['second']['top25_overlap']:>12.2f}")
     emit(lines, a.out)
+    if not a.no_write_benchmarks:  # what every run's trust line quotes beside the first truth's figure
+        allb = json.loads(BENCHMARKS.read_text())
+        entry = allb[meta.get("space", "darts")]
+        others = [o for o in entry.get("other_truths", []) if o["truth"] != second.name]
+        others.append({"truth": second.name, "what": a.what or f"{meta['epochs']} epochs, same architectures",
+                       "kendall_tau": {r["estimator"]: round(r["second"]["kendall_tau"], 4) for r in rows}})
+        entry["other_truths"] = others
+        BENCHMARKS.write_text(json.dumps(allb, indent=2) + "\n")
     return 0
 
 

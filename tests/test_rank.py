@@ -1,6 +1,7 @@
 """Ground truth (resumable), ranking metrics and the evaluate report, on tiny settings."""
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -112,6 +113,12 @@ def test_the_default_estimator_has_a_shipped_benchmark_and_a_run_reports_it():
     assert b is not None, "bench/ranking.py must have measured the default estimator"
     assert -1 <= b["kendall_tau"] <= 1 and b["params_tau"] is not None and b["n_archs"] >= 24
     assert "Kendall tau" in trust_line(b, cfg.estimator, "darts")
+    # the other committed truths (a longer training of the same architectures) are quoted beside it
+    other = json.loads((Path(__file__).parents[1] / "nas/rank/benchmarks.json").read_text())["darts"]["other_truths"]
+    assert b["other_truths"] and len(b["other_truths"]) == len(other)
+    line = trust_line(b, cfg.estimator, "darts")
+    for o in b["other_truths"]:
+        assert f"against a truth of {o['what']}: {o['kendall_tau']:.2f}" in line
     # a run whose estimator differs from what was measured gets no borrowed figure
     assert benchmarked("darts", cfg.estimator, {"bogus": 1}, sp.settings(), cfg.epochs) is None
     assert "unmeasured" in trust_line(None, "zc:zen", "mobile")

@@ -38,8 +38,13 @@ def benchmarked(space: str, estimator: str, options: Optional[Dict[str, Any]] = 
                   if k.split("[")[0] == estimator and same(b)), None)
     if found is None:
         return None
+    key = next(k for k, b in entry["estimators"].items() if b is found)
+    others = [{"what": o["what"], "kendall_tau": o["kendall_tau"][key],
+               "params_tau": o["kendall_tau"].get("zc:params")}
+              for o in entry.get("other_truths", []) if key in o.get("kendall_tau", {})]
     return {**found, "params_tau": entry["estimators"].get("zc:params", {}).get("kendall_tau"),
-            "noise_ceiling": entry.get("noise_ceiling"), "truth": entry.get("truth"), "n_archs": entry.get("n_archs")}
+            "noise_ceiling": entry.get("noise_ceiling"), "truth": entry.get("truth"), "n_archs": entry.get("n_archs"),
+            "other_truths": others}
 
 
 def trust_line(b: Optional[Dict[str, Any]], estimator: str, space: str) -> str:
@@ -50,8 +55,10 @@ def trust_line(b: Optional[Dict[str, Any]], estimator: str, space: str) -> str:
                "better than counting parameters")
     if tau < 0.5:  # the goal the ranking issue set; say plainly where it is not met
         verdict += ", but far from reliable (goal 0.5): read the front's score axis as a rough order"
+    also = "".join(f"; against a truth of {o['what']}: {o['kendall_tau']:.2f} (parameter count "
+                   f"{o['params_tau']:.2f})" for o in b.get("other_truths", []) if o.get("params_tau") is not None)
     return (f"benchmarked Kendall tau {tau:.2f} against stand-alone training on {b.get('n_archs')} architectures "
-            f"({b.get('truth')}); parameter count {pt:.2f}, seed-to-seed ceiling {nc:.2f}: {verdict}")
+            f"({b.get('truth')}); parameter count {pt:.2f}, seed-to-seed ceiling {nc:.2f}{also}: {verdict}")
 
 
 def rank_check(records: Sequence[Any], k: int, splits, ds, seed: int, epochs: int, folder: Path,
