@@ -221,7 +221,9 @@ def _run(cfg: SearchConfig) -> Dict[str, Any]:
         "latency_table": None if latency is None else {
             "path": str(latency.path), "sha256": latency.content_hash, "meta": latency.meta,
             "own": latency.autosave is not None,  # this device's table, grown as the search meets parts
-            "parts_at_start": len(latency)},
+            "parts_at_start": len(latency),
+            "scale": latency.scale,  # the start-up calibration's rescaling (now / table), applied to every prediction
+            "calibration_load": latency.calibration_load},
         "seed": cfg.seed,
         "device": {**device_info(), "estimation_device": device},
         "versions": versions(),

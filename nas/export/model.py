@@ -25,8 +25,9 @@ def network(arch, weights: Optional[Path] = None, net: Optional[torch.nn.Module]
     """The deployed network to export: ``net`` as given, or built (initial weights at ``seed``)
     and filled from ``weights`` (a state dict saved by ``nas.train``)."""
     if net is None:
-        torch.manual_seed(seed)
-        net = space.build(arch)
+        with torch.random.fork_rng():  # the caller's random stream goes on as if nothing was built
+            torch.manual_seed(seed)
+            net = space.build(arch)
         if weights is not None:
             try:
                 state = torch.load(weights, map_location="cpu", weights_only=True)
@@ -49,7 +50,7 @@ def _latency(arch, net, predictor) -> Dict[str, Any]:
 
     out: Dict[str, Any] = {"device": describe(device_identity("cpu")), "threads": torch.get_num_threads(),
                            "measured_ms": None, "predicted_ms": None}
-    with torch.no_grad():
+    with torch.no_grad(), torch.random.fork_rng():
         out["measured_ms"] = measure_model(net, (1, *arch.input_size), repeats=20, max_seconds=5.0)
     try:
         if predictor is None:

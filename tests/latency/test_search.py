@@ -42,6 +42,7 @@ def test_latency_budget_is_constraint_objective_and_recorded(table, tmp_path):
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["latency_table"]["path"] == str(table)
     assert cfg["latency_table"]["sha256"] == pred.content_hash
+    assert cfg["latency_table"]["scale"] == pytest.approx(pred.scale)  # the rescaling it applied, for an audit
     trials = pd.read_csv(out / "trials.csv")
     assert trials.latency_ms.notna().all() and (trials.latency_ms > 0).all()
     assert ((trials.state == "over_budget") == (trials.latency_ms > limit)).all()
