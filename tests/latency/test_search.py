@@ -129,3 +129,19 @@ def test_a_flop_budget_search_does_not_wait_for_a_calm_machine(table, tmp_path, 
     assert waits[0] is False  # (later calls return the cached scale)
     assert summary["phases"]["latency_calibration_s"] < 10
     assert pd.read_csv(out / "trials.csv").latency_ms.notna().any()  # and latency is still reported
+
+
+def test_an_unreadable_cached_table_is_set_aside_and_a_new_one_grown(tmp_path, monkeypatch):
+    from nas.latency.local import local_path, open_local
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    sp = SPACES["darts"](**SETTINGS)
+    path = local_path("darts", threads=1)
+    path.parent.mkdir(parents=True)
+    path.write_text("# nas-latency-table 1 {not json\n")
+    pred = open_local(sp, threads=1, progress=False)
+    assert path.with_name(path.name + ".unreadable").exists() and len(pred) == 0
+    parts = sp.parts(sp.sample(random.Random(0)))
+    ms = pred.predict(parts)  # times what it lacks, writes it back
+    again = Predictor.load(path)
+    assert ms > 0 and not again.missing(parts) and again.meta["reference"]["ms"]
