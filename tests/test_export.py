@@ -112,6 +112,9 @@ def test_py_file_loads_a_state_dict_saved_by_nas_train_in_plain_torch(tmp_path):
     with torch.no_grad():
         want = net(x)
         assert torch.isfinite(want).all() and torch.equal(torch.load(tmp_path / "y.pt").detach(), want)
+    r = subprocess.run([sys.executable, "-I", str(tmp_path / "model.py"), str(tmp_path / "trained.pt")],
+                       capture_output=True, text=True, timeout=300)  # and as a script: one forward pass
+    assert r.returncode == 0 and r.stdout.strip() == "(1, 10)", r.stderr
 
 
 @pytest.mark.slow  # about 2.5 minutes on 2 cores; every module alone in every format is a default test below

@@ -90,7 +90,8 @@ def write(fmt: str, net: nn.Module, example: Sequence[torch.Tensor], path: Path,
     """Write ``net`` (eval mode) in ``fmt`` to ``path``, atomically; raises on failure."""
     with atomic(path) as tmp, _quiet(), torch.no_grad():
         if fmt == "py":
-            tmp.write_text(python_source(net, header or "A network exported by plug-and-play NAS."))
+            tmp.write_text(python_source(net, header or "A network exported by plug-and-play NAS.",
+                                         tuple(example[0].shape[1:]) if len(example) == 1 else None))
             with atomic(path.with_name(WEIGHTS)) as wtmp:
                 torch.save(net.state_dict(), wtmp)
         elif fmt == "torchscript":

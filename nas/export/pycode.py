@@ -23,7 +23,7 @@ import re
 import sys
 import textwrap
 import types
-from typing import Any, Dict, List, Optional, Set
+from typing import Any, Dict, List, Optional, Sequence, Set
 
 import torch
 from torch import nn
@@ -335,7 +335,20 @@ def _obj(cls, fields):
 '''
 
 
-def python_source(net: nn.Module, header: str) -> str:
+MAIN = '''
+
+INPUT_SIZE = {input_size!r}  # channels, height, width the network was built and counted for
+
+if __name__ == "__main__":  # python model.py [weights.pt]: one forward pass on a random input
+    net = build()
+    if len(sys.argv) > 1:
+        net.load_state_dict(torch.load(sys.argv[1], weights_only=True))
+    with torch.no_grad():
+        print(tuple(net(torch.randn(1, *INPUT_SIZE)).shape))
+'''
+
+
+def python_source(net: nn.Module, header: str, input_size: Optional[Sequence[int]] = None) -> str:
     """The stand-alone file of ``net`` (deployed, eval mode); ``header`` opens its docstring."""
     for m in net.modules():
         if m._forward_hooks or m._forward_pre_hooks or m._backward_hooks:
@@ -345,9 +358,11 @@ def python_source(net: nn.Module, header: str) -> str:
     body = "\n".join(w.statements + [f"    net = {root}", "    return net.eval()"])
     helpers = HELPERS + (OBJ_HELPER if "_obj(" in body else "")
     doc = header.rstrip().replace('"""', "'''")
+    if input_size is not None:
+        w.imports["import sys"] = None
     imports = sorted(w.imports, key=lambda line: (line.startswith("from"), line))
     return (f'"""{doc}\n"""\nfrom __future__ import annotations\n\n' + "\n".join(imports) + "\n\n" + helpers +
             "\n\n# -- the modules, copied from the toolkit's source (build() below replaces their __init__) --\n\n"
             + "\n\n".join(w.defs) + "\n\ndef build() -> nn.Module:\n"
             '    """The network in eval mode with zero weights; then net.load_state_dict(torch.load(W.pt))."""\n'
-            + body + "\n")
+            + body + "\n" + (MAIN.format(input_size=tuple(input_size)) if input_size is not None else ""))
