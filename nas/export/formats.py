@@ -86,8 +86,12 @@ def _as_tensor(out: Any) -> torch.Tensor:
 
 # -- writing -------------------------------------------------------------------------------------
 
-def write(fmt: str, net: nn.Module, example: Sequence[torch.Tensor], path: Path, header: str = "") -> None:
-    """Write ``net`` (eval mode) in ``fmt`` to ``path``, atomically; raises on failure."""
+def write(fmt: str, net: nn.Module, example: Sequence[torch.Tensor], path: Path, header: str = "",
+          programs: Optional[Dict[int, Any]] = None) -> None:
+    """Write ``net`` (eval mode) in ``fmt`` to ``path``, atomically; raises on failure.  ``programs``
+    keeps the torch.export program of each network (by id) between formats: ONNX's exporter starts
+    from one, so exporting pt2 first saves ONNX that step."""
+    programs = {} if programs is None else programs
     with atomic(path) as tmp, _quiet(), torch.no_grad():
         if fmt == "py":
             tmp.write_text(python_source(net, header or "A network exported by plug-and-play NAS.",
@@ -97,12 +101,14 @@ def write(fmt: str, net: nn.Module, example: Sequence[torch.Tensor], path: Path,
         elif fmt == "torchscript":
             torch.jit.save(torch.jit.trace(net, tuple(example), check_trace=False), str(tmp))
         elif fmt == "pt2":
-            torch.export.save(torch.export.export(net, tuple(example)), str(tmp))
+            programs[id(net)] = torch.export.export(net, tuple(example))
+            torch.export.save(programs[id(net)], str(tmp))
         elif fmt == "onnx":
             _need_onnx()
             names = [f"input{i}" if len(example) > 1 else "input" for i in range(len(example))]
-            torch.onnx.export(net, tuple(example), str(tmp), dynamo=True, opset_version=ONNX_OPSET,
-                              input_names=names, output_names=["output"], external_data=False)
+            torch.onnx.export(programs.get(id(net), net), tuple(example), str(tmp), dynamo=True,
+                              opset_version=ONNX_OPSET, input_names=names, output_names=["output"],
+                              external_data=False)
         else:
             raise ValueError(f"unknown format {fmt!r}; known: {', '.join(FORMATS)}")
 
@@ -175,15 +181,15 @@ def run(fmt: str, path: Path, xs: Sequence[torch.Tensor]) -> Any:
     return run_py([(path, xs)])[0]
 
 
-def export_many(fmt: str, items: Sequence[Tuple[nn.Module, Path, Sequence[torch.Tensor], Sequence[torch.Tensor], str]]
-                ) -> List[Outcome]:
+def export_many(fmt: str, items: Sequence[Tuple[nn.Module, Path, Sequence[torch.Tensor], Sequence[torch.Tensor], str]],
+                programs: Optional[Dict[int, Any]] = None) -> List[Outcome]:
     """``export_one`` for each (net, folder, example, check input, header); the .py files are all
     checked in one fresh interpreter."""
     written: List[Any] = []
     for net, folder, ex, check, header in items:
         path, t0 = folder / FILES[fmt], time.time()
         try:
-            write(fmt, net, ex, path, header)
+            write(fmt, net, ex, path, header, programs)
             with torch.no_grad():
                 want = _as_tensor(net(*check))
             written.append((path, want, time.time() - t0))
@@ -225,9 +231,9 @@ def export_many(fmt: str, items: Sequence[Tuple[nn.Module, Path, Sequence[torch.
 
 
 def export_one(fmt: str, net: nn.Module, folder: Path, example: Sequence[torch.Tensor],
-               check: Sequence[torch.Tensor], header: str = "") -> Outcome:
+               check: Sequence[torch.Tensor], header: str = "", programs: Optional[Dict[int, Any]] = None) -> Outcome:
     """Write one format into ``folder`` and check it; any failure is an Outcome, never an exception."""
-    return export_many(fmt, [(net, folder, example, check, header)])[0]
+    return export_many(fmt, [(net, folder, example, check, header)], programs)[0]
 
 
 def _remove(fmt: str, path: Path) -> None:

@@ -99,9 +99,9 @@ def export_model(arch, out: Path, formats: Sequence[str] = FORMATS, weights: Opt
     sp = space.SPACES[arch.space]()
     mods = sp.modules(arch)
     example, check = inputs(arch.input_size, 2)[:1], inputs(arch.input_size, 2)[1:]
-    outcomes = []
+    outcomes, programs = [], {}  # pt2's program is where ONNX's exporter starts
     for fmt in formats:
-        o: Outcome = export_one(fmt, net, out, example, check, header(arch, costs, mods))
+        o: Outcome = export_one(fmt, net, out, example, check, header(arch, costs, mods), programs)
         if not o.ok and o.file is None:
             o.culprits = culprits(list(mods), fmt)
             if o.culprits:
