@@ -22,7 +22,8 @@ from typing import Dict
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from _report import command, emit  # noqa: E402  (bench/ is this script's folder)
-from nas.rank.evaluate import load_truth, noise_ceiling  # noqa: E402
+from nas.rank.check import BENCHMARKS  # noqa: E402
+from nas.rank.evaluate import load_truth, noise_ceiling, ranking_metrics  # noqa: E402
 
 
 def taus(truth: Path) -> Dict[str, Dict[str, float]]:
@@ -45,6 +46,7 @@ def main() -> int:
     ap.add_argument("--truth", default=str(ROOT / "results/benchmarks/ranking/truth_darts_cifar10_subset.csv"))
     ap.add_argument("--heldout", default=str(ROOT / "results/benchmarks/ranking/truth_darts_cifar10_subset_s1.csv"))
     ap.add_argument("--out", default=None)
+    ap.add_argument("--no-write-benchmarks", action="store_true", help="leave nas/rank/benchmarks.json alone")
     a = ap.parse_args()
     first, held = Path(a.truth), Path(a.heldout)
     t1, t2 = taus(first), taus(held)
@@ -54,11 +56,16 @@ def main() -> int:
              f"committed truth: {first.name}, {len(d1)} architectures, seed-to-seed ceiling {noise_ceiling(d1)['kendall_tau']:.2f}",
              f"held-out truth:  {held.name}, {len(d2)} other architectures ({len(shared)} shared), "
              f"ceiling {noise_ceiling(d2)['kendall_tau']:.2f}", "",
-             f"{'estimator':<28}{'tau committed':>14}{'tau held-out':>13}{'  negated: committed':>21}{'held-out':>10}"]
+             f"{'estimator':<28}{'tau committed':>14}{'tau held-out':>13}{'pooled':>8}"
+             f"{'  negated: committed':>21}{'held-out':>10}"]
     names = [n for n in t1 if n in t2]
+    truth = list(d1.truth) + list(d2.truth)  # one recipe and data: the accuracies share a scale
+    pooled = {n: ranking_metrics(list(t1[n]["scores"]) + list(t2[n]["scores"]), truth)["kendall_tau"]
+              for n in names if isinstance(t1[n].get("scores"), list) and isinstance(t2[n].get("scores"), list)}
     for name in sorted(names, key=lambda n: -t2[n]["kendall_tau"]):
         k1, k2 = t1[name]["kendall_tau"], t2[name]["kendall_tau"]
-        lines.append(f"{name:<28}{k1:>14.3f}{k2:>13.3f}{-k1:>21.3f}{-k2:>10.3f}")
+        pool = f"{pooled[name]:>8.3f}" if name in pooled else f"{'-':>8}"
+        lines.append(f"{name:<28}{k1:>14.3f}{k2:>13.3f}{pool}{-k1:>21.3f}{-k2:>10.3f}")
     only = sorted(set(t1) - set(t2))
     if only:
         lines += ["", f"not scored on the held-out truth: {', '.join(only)}"]
@@ -70,6 +77,14 @@ def main() -> int:
                       f"{t2[best]['kendall_tau']:.3f}: the goal (tau >= 0.5 and >= params + 0.1) is "
                       f"{'met' if ok else 'not met'} there"]
     emit(lines, a.out)
+    if not a.no_write_benchmarks:  # what every run's trust line quotes beside the committed truth's figure
+        allb = json.loads(BENCHMARKS.read_text())
+        entry = allb[json.loads(held.with_suffix(".json").read_text())["settings"]["space"]]
+        others = [o for o in entry.get("other_truths", []) if o["truth"] != held.name]
+        others.append({"truth": held.name, "what": f"{len(d2)} other architectures (held out)",
+                       "kendall_tau": {n: round(t2[n]["kendall_tau"], 4) for n in names}})
+        entry["other_truths"] = others
+        BENCHMARKS.write_text(json.dumps(allb, indent=2) + "\n")
     return 0
 
 

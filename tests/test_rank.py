@@ -122,3 +122,16 @@ def test_the_default_estimator_has_a_shipped_benchmark_and_a_run_reports_it():
     # a run whose estimator differs from what was measured gets no borrowed figure
     assert benchmarked("darts", cfg.estimator, {"bogus": 1}, sp.settings(), cfg.epochs) is None
     assert "unmeasured" in trust_line(None, "zc:zen", "mobile")
+
+
+def test_the_trust_line_holds_an_estimator_to_every_truth_measured():
+    from nas.rank.check import trust_line
+
+    b = {"kendall_tau": 0.6, "params_tau": 0.1, "noise_ceiling": 0.7, "n_archs": 24, "truth": "t.csv",
+         "other_truths": [{"what": "6 epochs", "kendall_tau": 0.55, "params_tau": 0.0}]}
+    assert trust_line(b, "x", "darts").endswith(": better than counting parameters")
+    b["other_truths"].append({"what": "other architectures", "kendall_tau": 0.2, "params_tau": 0.15})
+    line = trust_line(b, "x", "darts")
+    assert "but not on the truth of other architectures" in line and "far from reliable" in line
+    b["kendall_tau"] = 0.15
+    assert "no better than counting parameters" in trust_line(b, "x", "darts")

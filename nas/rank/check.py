@@ -51,12 +51,19 @@ def trust_line(b: Optional[Dict[str, Any]], estimator: str, space: str) -> str:
     if b is None:
         return f"no ranking benchmark of {estimator} on the {space} space exists: its ranking is unmeasured"
     tau, pt, nc = b["kendall_tau"], b.get("params_tau"), b.get("noise_ceiling")
-    verdict = ("no better than counting parameters" if pt is not None and tau < pt + 0.1 else
-               "better than counting parameters")
-    if tau < 0.5:  # the goal the ranking issue set; say plainly where it is not met
-        verdict += ", but far from reliable (goal 0.5): read the front's score axis as a rough order"
+    others = [o for o in b.get("other_truths", []) if o.get("params_tau") is not None]
+    # 0.1 above counting parameters is the ranking issue's bar; it must hold on every truth measured
+    short = [o["what"] for o in others if o["kendall_tau"] < o["params_tau"] + 0.1]
+    if pt is not None and tau < pt + 0.1:
+        verdict = "no better than counting parameters"
+    elif short:
+        verdict = f"better than counting parameters on the benchmark, but not on the truth of {' or '.join(short)}"
+    else:
+        verdict = "better than counting parameters"
+    if min([tau] + [o["kendall_tau"] for o in others]) < 0.5:  # the issue's goal: say plainly where it is not met
+        verdict += ", and far from reliable (goal 0.5): read the front's score axis as a rough order"
     also = "".join(f"; against a truth of {o['what']}: {o['kendall_tau']:.2f} (parameter count "
-                   f"{o['params_tau']:.2f})" for o in b.get("other_truths", []) if o.get("params_tau") is not None)
+                   f"{o['params_tau']:.2f})" for o in others)
     return (f"benchmarked Kendall tau {tau:.2f} against stand-alone training on {b.get('n_archs')} architectures "
             f"({b.get('truth')}); parameter count {pt:.2f}, seed-to-seed ceiling {nc:.2f}{also}: {verdict}")
 
