@@ -96,10 +96,10 @@ class Writer:
         self.pending: Set[int] = set()
         self.statements: List[str] = []
         self.counts: Dict[int, int] = {}
-        self._count(root, set())
+        self._count(root)
 
     # -- the network: one nested expression, shared objects as variables --------------------
-    def _count(self, value: Any, stack: Set[int]) -> None:
+    def _count(self, value: Any) -> None:
         if isinstance(value, (nn.Module, dict)) or hasattr(value, "__dict__") and not isinstance(
                 value, (type, types.FunctionType, types.BuiltinFunctionType, types.ModuleType)):
             self.counts[id(value)] = self.counts.get(id(value), 0) + 1
@@ -108,16 +108,16 @@ class Writer:
         if isinstance(value, nn.Module):
             for k, v in value.__dict__.items():
                 if k not in _BARE:
-                    self._count(v, stack)
+                    self._count(v)
             for child in value._modules.values():
                 if child is not None:
-                    self._count(child, stack)
+                    self._count(child)
         elif isinstance(value, (list, tuple)):
             for v in value:
-                self._count(v, stack)
+                self._count(v)
         elif isinstance(value, dict):
             for v in value.values():
-                self._count(v, stack)
+                self._count(v)
 
     def value(self, v: Any, indent: int) -> str:
         if v is None or isinstance(v, (bool, int, str)):
@@ -154,7 +154,7 @@ class Writer:
         return name
 
     def fresh(self, v: Any, indent: int) -> str:
-        pad, inner = "    " * indent, "    " * (indent + 1)
+        inner = "    " * (indent + 1)
         if isinstance(v, list):
             return "[" + ", ".join(self.value(x, indent) for x in v) + "]"
         if isinstance(v, tuple):

@@ -70,8 +70,6 @@ def _own_table_run(tmp_path, monkeypatch, args, name="Laptop CPU 9000"):
 
 
 def test_a_run_on_a_machine_without_a_table_times_parts_as_it_meets_them(tmp_path, monkeypatch):
-    from nas.plots import plot_pareto  # noqa: F401  (the panel is drawn where trials have latency)
-
     out, cfg, trials, own = _own_table_run(tmp_path, monkeypatch, ["--budget", "20MFLOPs"])
     assert cfg["latency_table"]["parts_at_start"] == 0
     pred = Predictor.load(own)
