@@ -61,6 +61,8 @@ def _latency(arch, net, predictor) -> Dict[str, Any]:
             predictor = Predictor.load(path)
             predictor.calibrate(wait=False)
         parts = space.parts(arch)
+        if predictor.missing(parts) and predictor.native:
+            predictor.add_missing(parts)  # this machine's table: time what it lacks (milliseconds a part)
         if predictor.missing(parts):
             out["why_not"] = (f"the table lacks {len(predictor.missing(parts))} of this network's parts: "
                               f"`python -m nas.latency build --space {arch.space}` for its settings adds them")
