@@ -51,7 +51,7 @@ def _kv(text: str) -> tuple:
 
 
 def _formats(text: str) -> List[str]:
-    from .export.formats import FORMATS
+    from .export import FORMATS  # the light module: no torch before the Ctrl-C handler is set
 
     names = [] if text.strip() == "none" else _csv(text)
     bad = [n for n in names if n not in FORMATS]

@@ -38,6 +38,11 @@ def stop_on_request() -> Iterator[None]:
         _requested = False
 
 
+def requested() -> bool:
+    """Whether a stop was asked for (work that is only nice to have skips itself then)."""
+    return _requested
+
+
 def check() -> None:
     """Raise KeyboardInterrupt here if a stop was asked for."""
     if _requested:

@@ -29,6 +29,7 @@ from .export.formats import FORMATS
 from .export.model import export_best
 from .front import best_record, export
 from .flops import CONVENTION
+from .interrupt import requested as stop_requested
 from .latency.choose import choose as choose_latency, open_and_calibrate, wanted as latency_wanted
 from .baselines import scaled_baselines
 from .plots import plot_modules, plot_pareto
@@ -296,7 +297,7 @@ def _run(cfg: SearchConfig) -> Dict[str, Any]:
                            progress=cfg.progress)
         phases["rank_check_s"] = time.time() - t0
     exported = None
-    if cfg.export and not interrupted:
+    if cfg.export and not interrupted and not stop_requested():  # after Ctrl-C, --resume exports
         t0 = time.time()
         card = export_best(folder, summary["best"], cfg.export, trust_line(trust, cfg.estimator, sp.name), latency,
                            say=tqdm.write if cfg.progress else log.info)

@@ -107,7 +107,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--quiet", action="store_true")
     a = p.parse_args(argv)
     if a.export is None:
-        from .export.formats import FORMATS
+        from .export import FORMATS
         a.export = list(FORMATS)
     try:
         check_numbers(a, [("epochs", "--epochs", *POSITIVE_INT), ("batch_size", "--batch-size", *POSITIVE_INT),

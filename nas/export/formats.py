@@ -25,9 +25,8 @@ import torch
 from torch import nn
 
 from ..results import atomic
+from . import FORMATS  # re-exported: the formats, in the order they are written
 from .pycode import ExportError, python_source
-
-FORMATS = ("py", "torchscript", "pt2", "onnx")
 FILES = {"py": "model.py", "torchscript": "model.torchscript.pt", "pt2": "model.pt2", "onnx": "model.onnx"}
 WEIGHTS = "weights.pt"  # the state dict the .py file loads (nas.train's, or the initial weights)
 ONNX_OPSET = 18  # the dynamo exporter's default in torch 2.13; onnxruntime >= 1.14 runs it

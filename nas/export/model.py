@@ -11,6 +11,7 @@ import torch
 import space
 
 from ..flops import count, params
+from ..interrupt import requested as stop_requested
 from ..results import atomic, versions, write_json
 from . import card as cards
 from .formats import FORMATS, ONNX_OPSET, TOLERANCE, Outcome, export_one, inputs
@@ -103,6 +104,9 @@ def export_model(arch, out: Path, formats: Sequence[str] = FORMATS, weights: Opt
     example, check = inputs(arch.input_size, 2)[:1], inputs(arch.input_size, 2)[1:]
     outcomes, programs = [], {}  # pt2's program is where ONNX's exporter starts
     for fmt in formats:
+        if stop_requested():  # Ctrl-C between two formats: the rest can be exported again later
+            outcomes.append(Outcome(fmt, None, False, message="not exported: a stop was asked for"))
+            continue
         o: Outcome = export_one(fmt, net, out, example, check, header(arch, costs, mods), programs)
         if not o.ok and o.file is None:
             o.culprits = culprits(list(mods), fmt)

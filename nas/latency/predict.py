@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 
+from ..interrupt import requested as stop_requested
 from .measure import (LatencyError, describe, device_identity, gated, make_inputs, speed_ratio,
                       num_threads, statistic, time_interleaved)
 from .model import LatencyModel
@@ -193,6 +194,8 @@ class Predictor:
         missing = self.missing(parts)
         if not missing:
             return []
+        if stop_requested():  # Ctrl-C: the run is writing what it has; timing parts can wait for --resume
+            raise LatencyError(f"{len(missing)} part(s) not timed: a stop was asked for")
         if not self.native:
             raise self._missing_error(missing, f"they cannot be timed here because the table was "
                                                f"measured on {describe(self.meta.get('device', {}))}; "
@@ -247,6 +250,8 @@ class Predictor:
         missing = self.missing(parts)
         if not missing:
             return []
+        if stop_requested():  # Ctrl-C: the run is writing what it has; timing parts can wait for --resume
+            raise LatencyError(f"{len(missing)} part(s) not timed: a stop was asked for")
         if not self.native:
             raise self._missing_error(missing, f"the table lacks {len(missing)} part(s) of this space and was "
                                                f"measured on {describe(self.meta.get('device', {}))}; build a "
