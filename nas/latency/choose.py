@@ -23,6 +23,14 @@ def wanted(cfg: Any, constraints) -> bool:
     return cfg.latency_lut is not None or any(c.kind == "latency" for c in constraints)
 
 
+def _unavailable(cfg: Any, constraints, e: LatencyError) -> None:
+    """A latency budget cannot go on without latency (one-line refusal); a report does without it."""
+    if wanted(cfg, constraints):
+        raise RunError(str(e)) from None
+    log.warning("latency not reported: %s", e)
+    return None
+
+
 @dataclass
 class Local:
     """This device's own table, to be opened (and created, if new) once the run is accepted."""
@@ -43,10 +51,7 @@ def choose(cfg: Any, constraints, sp) -> Any:
     try:
         here = describe(device_identity(device))
     except LatencyError as e:
-        if wanted(cfg, constraints):
-            raise RunError(str(e)) from None
-        log.warning("latency not reported: %s", e)
-        return None
+        return _unavailable(cfg, constraints, e)
     path = cfg.latency_lut or (lat.find_shipped_table(sp.name, sp.settings()) if device == "cpu" else None)
     if path is None:
         return Local(sp, device, threads, f"no shipped latency table fits this machine ({here})")
@@ -63,10 +68,7 @@ def choose(cfg: Any, constraints, sp) -> Any:
             raise LatencyError(f"{path} lacks {len(missing)} part(s) of this {sp.name} space (e.g. "
                                f"{missing[0]}) and was measured on another machine")
     except LatencyError as e:
-        if wanted(cfg, constraints):
-            raise RunError(str(e)) from None
-        log.warning("latency not reported: %s", e)
-        return None
+        return _unavailable(cfg, constraints, e)
     return pred
 
 
@@ -83,8 +85,5 @@ def open_and_calibrate(cfg: Any, constraints, pred, say=print) -> Optional[Predi
             pred = open_local(pred.space, pred.device, pred.threads, progress=cfg.progress)
         pred.calibrate(wait=want)
     except LatencyError as e:
-        if want:
-            raise RunError(str(e)) from None
-        log.warning("latency not reported: %s", e)
-        return None
+        return _unavailable(cfg, constraints, e)
     return pred
