@@ -122,7 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="run folder (default results/<timestamp>-<space>-<budget>)")
     p.add_argument("--seed", type=int, default=0, help="seed for split, supernet and sampler: same seed, same trials")
     p.add_argument("--storage", default=None,
-                   help="Optuna storage URL (default: SQLite file study.db in the run folder), e.g. postgresql://...")
+                   help="Optuna storage URL (default: SQLite file study.db in the run folder), e.g. "
+                        "postgresql://user@host/db: a study that any number of workers running the same command "
+                        "share (one trains the supernet, --trials counts the study's trials; see nas.collect)")
+    p.add_argument("--study", default=None, help="study name in --storage (default: the run folder's name)")
     p.add_argument("--ops", type=_csv, default=None, help="comma-separated candidate ops (default: the space's explicit default list)")
     p.add_argument("--fusions", type=_csv, default=None, help="comma-separated combine ops (default: the space's explicit default list)")
     p.add_argument("--space-opt", type=_kv, action="append", default=[], metavar="KEY=VALUE",
@@ -190,7 +193,7 @@ def _search(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                        rank_check=args.rank_check, rank_check_epochs=args.rank_check_epochs, verdict_pairs=args.verdict_pairs,
                        verify=args.verify,
                        batch_size=args.batch_size, lr=args.lr, data=args.data, out=args.out, seed=args.seed,
-                       storage=args.storage, latency_lut=args.latency_lut, force_lut=args.force_lut,
+                       storage=args.storage, study=args.study, latency_lut=args.latency_lut, force_lut=args.force_lut,
                        threads=args.threads, device=args.device, resume=args.resume, progress=not args.quiet,
                        trial_timeout=args.trial_timeout,
                        **({} if args.export is None else {"export": args.export}))

@@ -14,9 +14,19 @@ RESUMABLE_CHANGES = ("resume", "progress", "trials", "out", "device", "threads",
                      "verdict_pairs", "trial_timeout", "verify", "export")
 
 
-def check_folder(cfg: Any, default: Path) -> Path:
-    """The run folder's path, refused in one line where it cannot be this run's; creates nothing."""
+def check_folder(cfg: Any, default: Path, collected: Any = None) -> Path:
+    """The run folder's path, refused in one line where it cannot be this run's; creates nothing.
+    ``collected``: a study's name, whose earlier collection in the folder may be replaced."""
     out = Path(cfg.out) if cfg.out else default
+    if collected and (out / "config.json").exists():
+        try:
+            study = json.loads((out / "config.json").read_text()).get("study") or {}
+        except (ValueError, OSError):
+            study = {}
+        if not (study.get("collected") and study.get("name") == collected):
+            raise RunError(f"{out} already holds results other than a collection of study {collected!r}: "
+                           f"choose another --out")
+        return out
     if cfg.resume:
         if not (out / "config.json").exists():
             raise RunError(f"--resume: {out} holds no run to resume (no config.json)")
@@ -69,6 +79,28 @@ def _lock(out: Path, fh) -> None:
         raise RunError(f"{out} is in use by another search process: wait for it to end, or choose another "
                        f"--out") from None
     _LOCKS.append(fh)
+
+
+def claim_sqlite(url: str) -> None:
+    """A SQLite study file is one process's: SQLite serialises writers with a file lock, so
+    several workers would stall on "database is locked" (and on a network filesystem the file can
+    be corrupted).  Several workers need a database server (PostgreSQL, MySQL)."""
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite" or not u.database or u.database == ":memory:":
+        return
+    path = Path(u.database).resolve()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(path.with_name(path.name + ".lock"), "a")
+    except OSError as e:
+        raise RunError(f"cannot write beside --storage {path}: {e.strerror}") from None
+    try:
+        _lock(path, fh)
+    except RunError:
+        raise RunError(f"--storage {url} is in use by another search: a SQLite study takes one process; "
+                       f"for several workers use a database server (--storage postgresql://...)") from None
 
 
 def release_folders(refused: bool = False) -> None:

@@ -98,6 +98,12 @@ class TrialLog:
             for r in recs:
                 w.writerow(r.to_row())
 
+    def rewrite(self, recs: List[TrialRecord]) -> None:
+        """Both files hold exactly ``recs`` (a shared study's trials, every worker's)."""
+        with atomic(self.jsonl_path) as tmp:
+            tmp.write_text("".join(json.dumps(r.to_json()) + "\n" for r in recs))
+        self._rewrite_csv(recs)
+
     def append(self, rec: TrialRecord) -> None:
         new = not self.csv_path.exists()
         with open(self.csv_path, "a", newline="") as f:

@@ -21,7 +21,9 @@ from . import drivers
 from .budget import Constraint, parse_budget, slug
 from .checks import (DECAY, FRACTION, LR, NON_NEGATIVE_INT, POSITIVE_INT, SEED, RunError, check_numbers,
                      resolve_device)
-from .folder import check_folder, claim_folder, release_folders
+from .folder import check_folder, claim_folder, claim_sqlite, release_folders
+from .drivers.study import bind, key_of, open_study, records as study_records
+from .shared import SharedState, load_shared, owner_id, share
 from .costs import CostModel
 from .data import Dataset, Splits, load_dataset
 from . import estimators
@@ -68,7 +70,8 @@ class SearchConfig:
     data: Optional[str] = None  # nas.data forms; None = $NAS_DATA, cached CIFAR-10 or the bundled fallback
     out: Optional[str] = None  # run folder; None = results/<timestamp>-<space>-<budget>
     seed: int = 0  # seeds split, supernet init and training, sampler: same seed, same trials
-    storage: Optional[str] = None  # Optuna storage URL; None = SQLite file in the run folder
+    storage: Optional[str] = None  # Optuna storage URL; None = SQLite file in the run folder. Given: a shared study
+    study: Optional[str] = None  # study name in the storage; None = the run folder's name
     latency_lut: Optional[str] = None  # latency table; None = a shipped table matching this machine, if any
     force_lut: bool = False  # use a latency table measured on another device anyway
     threads: int = 0  # torch intra-op threads; 0 = torch's default
@@ -127,10 +130,11 @@ _NUMBERS = [
 ]
 
 
-def run(cfg: SearchConfig) -> Dict[str, Any]:
-    """The search ``cfg`` describes (see ``SearchConfig``); returns the run's summary."""
+def run(cfg: SearchConfig, collect: bool = False) -> Dict[str, Any]:
+    """The search ``cfg`` describes (see ``SearchConfig``); returns the run's summary.  With
+    ``collect``, no search: the run folder is written from the shared study's trials so far."""
     try:
-        return _run(cfg)
+        return _run(cfg, collect)
     except RunError:
         release_folders(refused=True)
         raise
@@ -138,7 +142,7 @@ def run(cfg: SearchConfig) -> Dict[str, Any]:
         release_folders()
 
 
-def _run(cfg: SearchConfig) -> Dict[str, Any]:
+def _run(cfg: SearchConfig, collect: bool = False) -> Dict[str, Any]:
     t_start = time.time()
     try:
         constraints = list(parse_budget(cfg.budget))
@@ -169,8 +173,10 @@ def _run(cfg: SearchConfig) -> Dict[str, Any]:
     # everything that can refuse the run does so before its folder exists: the folder's path, the
     # driver with its options and storage, and the estimator with its options (their
     # constructors only remember the folder; prepare() below is the first to write in it)
-    folder = check_folder(cfg, default_run_dir(cfg.space, slug(constraints)))
+    folder = check_folder(cfg, default_run_dir(cfg.space, slug(constraints)), collected=collect and cfg.study)
     storage = cfg.storage or f"sqlite:///{(folder / 'study.db').resolve()}"
+    shared = bool(cfg.storage) and cfg.driver == "optuna"  # a study its workers share (drivers/study.py)
+    study_name = cfg.study or folder.name
     try:
         unknown = sorted(set(cfg.driver_options) - set(drivers.options(cfg.driver)))
         if unknown:
@@ -180,8 +186,9 @@ def _run(cfg: SearchConfig) -> Dict[str, Any]:
             from .drivers.optuna import check_storage
 
             check_storage(cfg.storage)
-        driver = drivers.get(cfg.driver, storage=storage, study_name=folder.name, sampler=cfg.sampler,
-                             population=cfg.population, folder=folder, **cfg.driver_options)
+        driver = drivers.get(cfg.driver, storage=storage, study_name=study_name, sampler=cfg.sampler,
+                             population=cfg.population, folder=folder, **({"shared": True} if shared else {}),
+                             **cfg.driver_options)
     except (drivers.DriverUnavailable, ValueError, TypeError) as e:
         raise RunError(str(e)) from None
     splits = Splits.make(ds, cfg.batch_size, cfg.val_fraction, cfg.seed, cfg.calib_batches)
@@ -196,9 +203,11 @@ def _run(cfg: SearchConfig) -> Dict[str, Any]:
     t_est = time.time() - t0
     tlog = TrialLog(folder)
     claim_folder(folder)
+    if cfg.storage:  # SQLite takes one process: a second search on the same file is refused
+        claim_sqlite(cfg.storage)
     try:  # what a resumed folder holds is read under its lock and refused before anything is written
         est.check_folder()
-        records: List[TrialRecord] = tlog.load() if cfg.resume else []
+        records: List[TrialRecord] = tlog.load() if cfg.resume and not collect else []
     except estimators.CheckpointError as e:
         raise RunError(str(e)) from None
     except ValueError as e:
@@ -225,11 +234,18 @@ def _run(cfg: SearchConfig) -> Dict[str, Any]:
             "parts_at_start": len(latency),
             "scale": latency.scale,  # the start-up calibration's rescaling (now / table), applied to every prediction
             "calibration_load": latency.calibration_load},
+        "estimator_fingerprint": est.fingerprint(),
         "seed": cfg.seed,
         "device": {**device_info(), "estimation_device": device},
         "versions": versions(),
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
+    if shared:  # every worker of the study has these settings, or is refused before it writes
+        try:
+            bind(storage, study_name, config, [("maximize" if o.maximize else "minimize") for o in objectives])
+        except ValueError as e:
+            raise RunError(str(e)) from None
+        config["study"] = {"name": study_name, "collected": collect, "worker": owner_id()}
     write_json(folder / "config.json", config)
     say = print if cfg.progress else (lambda *a, **k: None)
     say(f"run folder: {folder}")
@@ -249,8 +265,22 @@ def _run(cfg: SearchConfig) -> Dict[str, Any]:
     t0 = time.time() - t_est
     trust = benchmarked(sp.name, cfg.estimator, cfg.estimator_options, sp.settings(), cfg.epochs)
     say(f"estimator: {cfg.estimator}; {trust_line(trust, cfg.estimator, sp.name)}")
-    est.prepare()
+    if shared and est.state_file is not None:  # one worker trains, the others load what it trained
+        state = SharedState(storage, f"{study_name}:{key_of(config)}", beat_s=driver.heartbeat)
+        try:
+            phases["estimator_state"] = (load_shared(est, state, say) if collect else
+                                         share(est, state, say, stale_s=driver.grace))
+        except ValueError as e:
+            raise RunError(str(e)) from None
+        finally:
+            state.close()
+    else:
+        est.prepare()
     phases["estimator_prepare_s"] = time.time() - t0
+    if shared:
+        say(f"study {study_name!r} in {driver.describe()['storage']}: workers started with the same command "
+            f"share its {cfg.trials} trials; python -m nas.collect --storage URL --study {study_name} --out DIR "
+            f"writes its run folder at any time")
 
     costs = CostModel(latency)
     problem = Problem(sp, constraints, costs, est.score, objectives, estimator=cfg.estimator,
@@ -259,7 +289,7 @@ def _run(cfg: SearchConfig) -> Dict[str, Any]:
         problem._scores.update({r.arch_hash: r.score for r in records if r.score is not None})
     interrupted = False
     t0 = time.time()
-    with tqdm(total=cfg.trials, initial=len(records), desc="search", unit="trial", disable=not cfg.progress,
+    with tqdm(total=cfg.trials, initial=len(records), desc="search", unit="trial", disable=not cfg.progress or collect,
               dynamic_ncols=True) as bar:
         def on_trial(rec: TrialRecord) -> None:
             records.append(rec)
@@ -272,11 +302,17 @@ def _run(cfg: SearchConfig) -> Dict[str, Any]:
                             best_score=f"{b.score:.3g}" if b else "-")
 
         try:
-            driver.run(problem, cfg.trials, cfg.seed, on_trial, start=len(records))
+            if not collect:
+                driver.run(problem, cfg.trials, cfg.seed, on_trial, start=len(records))
         except KeyboardInterrupt:
             interrupted = True
             tqdm.write("interrupted: writing the results of the finished trials ...")
     phases["search_s"] = time.time() - t0
+    if shared:  # the results are the study's, every worker's trials
+        records = study_records(open_study(storage, study_name, create=False))
+        if collect and not records:
+            raise RunError(f"study {study_name!r} has no finished trial yet")
+        tlog.rewrite(records)
 
     t0 = time.time()
     summary = finalize(folder, records, objectives, constraints, sp, est, costs, ds,  # Ctrl-C: no more scoring

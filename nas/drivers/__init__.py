@@ -29,7 +29,7 @@ def register(name: str, module: str, cls: str, extra: str = "") -> None:
 
 
 # what nas.run passes every driver; anything else a driver's constructor names is its own option
-COMMON = ("storage", "study_name", "sampler", "population", "folder")
+COMMON = ("storage", "study_name", "sampler", "population", "folder", "shared")
 
 
 def _class(name: str):

@@ -1,8 +1,19 @@
 """Optuna driver (default): multi-objective NSGA-II (or TPE) with the budget as a constraint.
 
 The study lives in a SQLite file inside the run folder unless ``--storage`` gives another
-SQLAlchemy URL (PostgreSQL for many parallel workers, as Optuna's FAQ advises).  Constraints go
-through ``trial.set_constraint`` (Optuna 5 deprecates samplers' ``constraints_func``).
+SQLAlchemy URL.  Constraints go through ``trial.set_constraint`` (Optuna 5 deprecates samplers'
+``constraints_func``).
+
+With ``--storage`` the study is *shared* (``shared=True``): any number of workers, on one machine
+or many, run the same command against one study, and ``--trials`` counts the study's trials, not
+one worker's.  Each trial is Optuna's (one worker owns it), and its whole record is stored in the
+trial (user attribute ``row``), so the study alone is the run's record (``nas.collect``).  A worker
+killed mid-trial: Optuna's heartbeat (``heartbeat`` seconds, stale after ``grace``) lets another
+worker fail that trial; where its record was already written, the record is added back as a
+finished trial, else its slot goes to a new proposal.  Before scoring, a worker checks the study
+still needs its trial: finished records plus running trials with a lower number; where the
+running ones could fill the study it waits for them rather than stop, so a killed last trial is
+still replaced.
 """
 from __future__ import annotations
 
@@ -56,11 +67,17 @@ class OptunaDriver(Driver):
     name = "optuna"
 
     def __init__(self, storage: str, study_name: str = "search", sampler: str = "nsga2",
-                 population: Optional[int] = None, folder: Optional[Path] = None, **_):
+                 population: Optional[int] = None, folder: Optional[Path] = None, shared: bool = False,
+                 heartbeat: float = 10.0, grace: Optional[float] = None, **_):
         if sampler not in ("nsga2", "tpe"):
             raise ValueError(f"unknown Optuna sampler {sampler!r} (nsga2 or tpe)")
+        heartbeat = float(heartbeat)
+        grace = 3 * heartbeat if grace is None else float(grace)
+        if not (heartbeat >= 1 and grace > heartbeat):
+            raise ValueError("optuna driver: need heartbeat >= 1 second and grace > heartbeat")
         self.storage, self.study_name, self.sampler_name, self.population = storage, study_name, sampler, population
         self.folder = Path(folder) if folder is not None else None
+        self.shared, self.heartbeat, self.grace = shared, heartbeat, grace
 
     def sampler(self, seed: int, n_trials: int):
         import optuna
@@ -73,6 +90,10 @@ class OptunaDriver(Driver):
     def run(self, problem: Problem, n_trials: int, seed: int, on_trial: OnTrial, start: int = 0) -> None:
         import optuna
 
+        if self.shared:
+            from .study import run_shared
+
+            return run_shared(self, problem, n_trials, seed, on_trial)
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # its per-trial tracebacks: our records say it in a line
         directions = ["maximize" if o.maximize else "minimize" for o in problem.objectives]
         study = optuna.create_study(storage=self.storage, study_name=self.study_name, directions=directions,
@@ -130,5 +151,18 @@ class OptunaDriver(Driver):
                     study.tell(t.number, state=TrialState.FAIL)
 
     def describe(self) -> Dict[str, object]:
-        return {"driver": self.name, "sampler": self.sampler_name, "storage": self.storage,
-                "study": self.study_name, "population": self.population}
+        out = {"driver": self.name, "sampler": self.sampler_name, "storage": _hidden(self.storage),
+               "study": self.study_name, "population": self.population}
+        if self.shared:
+            out.update(shared=True, heartbeat_s=self.heartbeat, grace_s=self.grace)
+        return out
+
+
+def _hidden(url: str) -> str:
+    """The URL without its password: config.json is meant to be shared."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return url

@@ -52,6 +52,9 @@ class Estimator:
     name: str = ""
     is_accuracy: bool = False
     scores_as_set: bool = False  # score_many() is more than score() in a loop (successive halving)
+    # Called with (path, epoch) after each checkpoint is written: the workers of one study share
+    # the trainer's (nas/shared.py).  Set by the run, never by the estimator.
+    after_save = None
 
     def __init__(self, ctx: Context):
         self.ctx = ctx
@@ -60,6 +63,12 @@ class Estimator:
         """Read what the run folder holds for this estimator (a checkpoint), refusing what it
         cannot use with a CheckpointError; writes nothing, and runs before the folder is claimed,
         so a refused resume leaves the folder as it was."""
+
+    @property
+    def state_file(self) -> Optional[Path]:
+        """The file holding what ``prepare()`` trained, which the workers of a study share; None
+        where there is nothing to share (proxies are computed per candidate)."""
+        return None
 
     def prepare(self) -> None:
         """One-off work before the first score (train a supernet); nothing by default."""

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import random
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 import torch
@@ -117,10 +118,16 @@ class SupernetEstimator(Estimator):
         if ck is not None and self.epochs == 0:
             self._save({"epoch": 0, "history": [], "weights": self.net.state_dict()})
 
+    @property
+    def state_file(self) -> Optional[Path]:
+        return self.checkpoint
+
     def _save(self, state: Dict[str, Any]) -> None:
         """Every epoch, atomically (temp file + rename): a kill leaves the last finished epoch."""
         with atomic(self.checkpoint) as tmp:
             torch.save({"fingerprint": self._hash(), **state}, tmp)
+        if self.after_save is not None:
+            self.after_save(self.checkpoint, state.get("epoch", 0))
 
     def _with(self, arch: ArchBase, split) -> float:
         torch.manual_seed(self.ctx.seed)  # stochastic layers see the same draws whatever the order
