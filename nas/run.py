@@ -342,7 +342,7 @@ def _run(cfg: SearchConfig, collect: bool = False) -> Dict[str, Any]:
     desc = est.describe()
     if latency is not None and latency.timed_parts:
         phases.update(latency_parts_timed=latency.timed_parts, latency_timing_s=round(latency.timing_s, 1))
-    summary.update(exported=exported, phases=phases, interrupted=interrupted, seconds=time.time() - t_start,
+    summary.update(driver=driver.describe(), exported=exported, phases=phases, interrupted=interrupted, seconds=time.time() - t_start,
                    counted_parts=costs.counter.traced, estimator=desc, ranking_benchmark=trust,
                    trust=trust_line(trust, cfg.estimator, sp.name), rank_check=check, verify=verify,
                    warnings=_quality_warnings(desc.get("history"), records, ds.num_classes, ds.name))

@@ -52,3 +52,31 @@ def test_optunas_private_hypervolume_still_computes_a_known_area():
 
     # two points (0.2, 0.6) and (0.5, 0.3) under reference (1, 1): 0.8*0.4 + 0.5*0.7 - 0.5*0.4 = 0.47
     assert abs(compute_hypervolume(np.array([[0.2, 0.6], [0.5, 0.3]]), np.array([1.0, 1.0])) - 0.47) < 1e-12
+
+
+def test_the_ray_drivers_nsga2_sampler_pickles_and_still_samples():
+    """Tune pickles its searcher; Optuna 5.1's NSGA-II holds a threading.Lock (``_thread_lock``),
+    which nas/drivers/ray.py's PicklableNSGAII leaves out and re-creates."""
+    pytest.importorskip("ray", reason="the ray extra is not installed")
+    import pickle
+
+    import optuna
+    from nas.drivers.ray import picklable
+
+    s = optuna.samplers.NSGAIISampler(seed=0, population_size=4)
+    assert "_thread_lock" in vars(s) or _pickles(s), "NSGA-II neither holds _thread_lock nor pickles: look again"
+    back = pickle.loads(pickle.dumps(picklable(s)))
+    assert isinstance(back, optuna.samplers.NSGAIISampler) and "_thread_lock" in vars(back)
+    study = optuna.create_study(directions=["maximize", "minimize"], sampler=back)
+    study.optimize(lambda t: (t.suggest_float("x", 0, 1), t.suggest_float("y", 0, 1)), n_trials=6)
+    assert len(study.trials) == 6
+
+
+def _pickles(obj) -> bool:
+    import pickle
+
+    try:
+        pickle.dumps(obj)
+        return True
+    except Exception:
+        return False

@@ -78,12 +78,38 @@ def _evaluate(config: Dict[str, Any], shared: Dict[str, Any]) -> None:
 
     ref = shared["problem"][0]  # wrapped in a list, so Ray hands over the ref, not the object
     problem = _CACHE.get(ref.hex())
-    if problem is None:
+    fetched = problem is None
+    if fetched:
         _CACHE.clear()
         problem = _CACHE[ref.hex()] = ray.get(ref)
     torch.set_num_threads(shared["threads"])
     rec = problem.evaluate(dict(config), -1)  # numbered in the driver, in the order results arrive
-    tune.report(_metrics(rec, problem))
+    # where it ran, and whether this trial fetched the problem: the run's summary counts both per node
+    tune.report({**_metrics(rec, problem), "node": ray.get_runtime_context().get_node_id(), "fetched": fetched})
+
+
+class PicklableNSGAII(optuna.samplers.NSGAIISampler):
+    """Tune pickles its searcher when it saves the experiment, and Optuna 5.1's GA samplers hold a
+    ``threading.Lock`` (``samplers/_ga/_base.py``), which cannot be pickled: it is left out and
+    re-created on unpickling (it guards one process's threads).  Pinned by
+    tests/test_foreign_internals.py."""
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state.pop("_thread_lock", None)
+        return state
+
+    def __setstate__(self, state):
+        import threading
+
+        self.__dict__.update(state)
+        self._thread_lock = threading.Lock()
+
+
+def picklable(sampler):
+    if type(sampler) is optuna.samplers.NSGAIISampler:
+        sampler.__class__ = PicklableNSGAII
+    return sampler
 
 
 class _ConstrainedOptunaSearch(OptunaSearch):
@@ -111,6 +137,7 @@ class _Records(tune.Callback):
 
     def __init__(self, on_trial: OnTrial, start: int):
         self.on_trial, self.number = on_trial, start
+        self.per_node: Dict[str, Dict[str, int]] = {}  # node id -> trials, problem fetches
         self._waiting: Dict[int, TrialRecord] = {}
         self._next = 0  # index in Tune's trial list of the next record to pass on
 
@@ -132,6 +159,9 @@ class _Records(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if "record" in result:
+            n = self.per_node.setdefault(str(result.get("node", "?")), {"trials": 0, "problem_fetches": 0})
+            n["trials"] += 1
+            n["problem_fetches"] += int(bool(result.get("fetched")))
             self._arrived(trials, trial, TrialRecord.from_json(json.loads(result["record"]), numbered=False))
 
     def on_trial_error(self, iteration, trials, trial, **info):
@@ -184,6 +214,7 @@ class RayDriver(Driver):
         self.folder = Path(folder) if folder is not None else None
         self.address, self.concurrency, self.cpus_per_trial = address, concurrency, cpus_per_trial
         self.gpus_per_trial = float(gpus_per_trial)  # with --device cuda: Ray hides GPUs from trials without
+        self.per_node: Dict[str, Dict[str, int]] = {}
 
     def _searcher(self, problem: Problem, seed: int, n_trials: int, start: int):
         """(searcher, metric, mode): Optuna's searcher takes every objective itself."""
@@ -193,8 +224,8 @@ class RayDriver(Driver):
             o = problem.objectives[0]
             return BasicVariantGenerator(random_state=rng), o.name, "max" if o.maximize else "min"
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        sampler = OptunaDriver(storage=self.storage or "", sampler=self.sampler_name,
-                               population=self.population).sampler(seed, n_trials)  # --driver optuna's samplers
+        sampler = picklable(OptunaDriver(storage=self.storage or "", sampler=self.sampler_name,
+                                         population=self.population).sampler(seed, n_trials))  # --driver optuna's
         return _ConstrainedOptunaSearch(
             metric=[o.name for o in problem.objectives], mode=["max" if o.maximize else "min" for o in problem.objectives],
             sampler=sampler, storage=optuna.storages.get_storage(self.storage) if self.storage else None,
@@ -224,6 +255,9 @@ class RayDriver(Driver):
             tuner.fit()
         finally:
             records.flush()
+            for node, n in records.per_node.items():
+                tot = self.per_node.setdefault(node, {"trials": 0, "problem_fetches": 0})
+                tot.update(trials=tot["trials"] + n["trials"], problem_fetches=tot["problem_fetches"] + n["problem_fetches"])
         if records.number - start < remaining:  # Tune stops gracefully on Ctrl-C and returns normally
             raise KeyboardInterrupt
 
@@ -231,4 +265,5 @@ class RayDriver(Driver):
         return {"driver": self.name, "searcher": self.sampler_name, "storage": self.storage,
                 "study": self.study_name, "population": self.population, "concurrency": self.concurrency,
                 "cpus_per_trial": self.cpus_per_trial, "gpus_per_trial": self.gpus_per_trial,
-                "address": self.address or os.environ.get("RAY_ADDRESS") or "local"}
+                "address": self.address or os.environ.get("RAY_ADDRESS") or "local",
+                **({"per_node": self.per_node} if self.per_node else {})}
