@@ -35,7 +35,9 @@ def check_folder(cfg: Any, default: Path, collected: Any = None) -> Path:
             assert isinstance(old, dict)
         except (ValueError, KeyError, TypeError, AssertionError, OSError):
             raise RunError(f"--resume: {out / 'config.json'} is not a run's configuration") from None
-        mine = dataclasses.asdict(cfg)
+        from .drivers.optuna import hide_password
+
+        mine = {**dataclasses.asdict(cfg), "storage": hide_password(cfg.storage)}
         diff = [k for k in mine if k not in RESUMABLE_CHANGES and old.get(k) != mine[k]]
         if diff:
             raise RunError(f"--resume: settings differ from the run in {out}: {', '.join(diff)}")

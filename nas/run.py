@@ -22,8 +22,9 @@ from .budget import Constraint, parse_budget, slug
 from .checks import (DECAY, FRACTION, LR, NON_NEGATIVE_INT, POSITIVE_INT, SEED, RunError, check_numbers,
                      resolve_device)
 from .folder import check_folder, claim_folder, claim_sqlite, release_folders
-from .drivers.study import bind, key_of, open_study, records as study_records
-from .shared import SharedState, load_shared, owner_id, share
+from .drivers.optuna import hide_password
+from .drivers.study import bind, key_of, study_results
+from .shared import owner_id, prepare_shared
 from .costs import CostModel
 from .data import Dataset, Splits, load_dataset
 from . import estimators
@@ -37,7 +38,7 @@ from .baselines import scaled_baselines
 from .plots import plot_modules, plot_pareto
 from .verdicts import PAIR_COLUMNS, module_verdicts, verify_pairs
 from .problem import Objective, Problem, TrialRecord
-from .rank.check import DIGITS_NOTE, benchmarked, rank_check, trust_line
+from .rank.check import DIGITS_NOTE, benchmarked, quality_warnings, rank_check, trust_line
 from .results import TRIAL_COLUMNS, TrialLog, atomic, default_run_dir, device_info, versions, write_json
 
 log = logging.getLogger(__name__)
@@ -218,7 +219,7 @@ def _run(cfg: SearchConfig, collect: bool = False) -> Dict[str, Any]:
     objectives = _objectives(cfg, constraints, latency)
     settings = sp.settings()
     config = {
-        "config": dataclasses.asdict(cfg),
+        "config": {**dataclasses.asdict(cfg), "storage": hide_password(cfg.storage)},
         "budget": [dict(kind=c.kind, limit=c.limit, text=c.text, meaning=c.describe()) for c in constraints],
         "flop_convention": CONVENTION,
         "deployed_network": {"input_size": settings.get("input_size"), "num_classes": settings.get("num_classes"),
@@ -266,14 +267,11 @@ def _run(cfg: SearchConfig, collect: bool = False) -> Dict[str, Any]:
     trust = benchmarked(sp.name, cfg.estimator, cfg.estimator_options, sp.settings(), cfg.epochs)
     say(f"estimator: {cfg.estimator}; {trust_line(trust, cfg.estimator, sp.name)}")
     if shared and est.state_file is not None:  # one worker trains, the others load what it trained
-        state = SharedState(storage, f"{study_name}:{key_of(config)}", beat_s=driver.heartbeat)
         try:
-            phases["estimator_state"] = (load_shared(est, state, say) if collect else
-                                         share(est, state, say, stale_s=driver.grace))
+            phases["estimator_state"] = prepare_shared(est, storage, f"{study_name}:{key_of(config)}", say,
+                                                       driver.heartbeat, driver.grace, load_only=collect)
         except ValueError as e:
             raise RunError(str(e)) from None
-        finally:
-            state.close()
     else:
         est.prepare()
     phases["estimator_prepare_s"] = time.time() - t0
@@ -289,7 +287,9 @@ def _run(cfg: SearchConfig, collect: bool = False) -> Dict[str, Any]:
         problem._scores.update({r.arch_hash: r.score for r in records if r.score is not None})
     interrupted = False
     t0 = time.time()
-    with tqdm(total=cfg.trials, initial=len(records), desc="search", unit="trial", disable=not cfg.progress or collect,
+    # a shared study's trials are counted by all its workers: the bar counts this worker's own
+    with tqdm(total=None if shared else cfg.trials, initial=len(records), unit="trial",
+              desc="search (this worker's trials)" if shared else "search", disable=not cfg.progress or collect,
               dynamic_ncols=True) as bar:
         def on_trial(rec: TrialRecord) -> None:
             records.append(rec)
@@ -308,15 +308,19 @@ def _run(cfg: SearchConfig, collect: bool = False) -> Dict[str, Any]:
             interrupted = True
             tqdm.write("interrupted: writing the results of the finished trials ...")
     phases["search_s"] = time.time() - t0
+    slow_parts = True  # module verdicts and the model export
     if shared:  # the results are the study's, every worker's trials
-        records = study_records(open_study(storage, study_name, create=False))
+        records, last = study_results(storage, study_name)
         if collect and not records:
             raise RunError(f"study {study_name!r} has no finished trial yet")
         tlog.rewrite(records)
+        slow_parts = collect or interrupted or last in (None, owner_id())
+        if not slow_parts:
+            say(f"module verdicts and the export of this study are written by worker {last}, or by nas.collect")
 
     t0 = time.time()
     summary = finalize(folder, records, objectives, constraints, sp, est, costs, ds,  # Ctrl-C: no more scoring
-                       0 if interrupted else cfg.verdict_pairs, cfg.progress,
+                       cfg.verdict_pairs if slow_parts and not interrupted else 0, cfg.progress,
                        score=_unscored if interrupted else problem.timed_score)
     phases["export_s"] = time.time() - t0
     verify = None
@@ -333,7 +337,7 @@ def _run(cfg: SearchConfig, collect: bool = False) -> Dict[str, Any]:
                            progress=cfg.progress)
         phases["rank_check_s"] = time.time() - t0
     exported = None
-    if cfg.export and not interrupted and not stop_requested():  # after Ctrl-C, --resume exports
+    if cfg.export and slow_parts and not interrupted and not stop_requested():  # after Ctrl-C, --resume exports
         t0 = time.time()
         card = export_best(folder, summary["best"], cfg.export, trust_line(trust, cfg.estimator, sp.name), latency,
                            say=tqdm.write if cfg.progress else log.info)
@@ -345,26 +349,9 @@ def _run(cfg: SearchConfig, collect: bool = False) -> Dict[str, Any]:
     summary.update(driver=driver.describe(), exported=exported, phases=phases, interrupted=interrupted, seconds=time.time() - t_start,
                    counted_parts=costs.counter.traced, estimator=desc, ranking_benchmark=trust,
                    trust=trust_line(trust, cfg.estimator, sp.name), rank_check=check, verify=verify,
-                   warnings=_quality_warnings(desc.get("history"), records, ds.num_classes, ds.name))
+                   warnings=quality_warnings(desc.get("history"), records, ds.num_classes, ds.name))
     write_json(folder / "summary.json", {k: v for k, v in summary.items() if k not in ("front", "best")})
     return summary
-
-
-def _quality_warnings(history, records: List[TrialRecord], num_classes: int, data: str = "") -> List[str]:
-    """Say so when the supernet's ranking is close to noise, rather than let a user trust it."""
-    out = []
-    chance = 1.0 / max(num_classes, 1)
-    if history and history[-1]["train_acc"] < 2 * chance:
-        out.append(f"the supernet reached only {history[-1]['train_acc']:.0%} training accuracy (chance "
-                   f"{chance:.0%}): its ranking of candidates is close to noise; raise --epochs (each candidate op "
-                   f"of an edge is trained only when sampled, so more ops need more epochs) or use --device cuda")
-    accs = {r.score for r in records if r.score is not None}
-    if len(accs) == 1 and sum(r.score is not None for r in records) > 1:
-        out.append("every scored candidate got the same score: the estimator cannot tell them apart "
-                   "(a supernet that predicts one class does this)")
-    if data == "digits":
-        out.append(DIGITS_NOTE)
-    return out
 
 
 def _unscored(arch) -> float:

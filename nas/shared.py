@@ -112,6 +112,17 @@ class SharedState:
         self.engine.dispose()
 
 
+def prepare_shared(est, url: str, key: str, say: Callable[[str], None], beat_s: float, stale_s: float,
+                   load_only: bool = False) -> str:
+    """``est`` prepared from the state under ``key`` in the study's database (see ``share``);
+    ``load_only``: never train (``nas.collect``)."""
+    state = SharedState(url, key, beat_s=beat_s)
+    try:
+        return load_shared(est, state, say) if load_only else share(est, state, say, stale_s=stale_s)
+    finally:
+        state.close()
+
+
 def share(est, state: SharedState, say: Callable[[str], None], stale_s: float = 60.0, poll_s: float = 1.0) -> str:
     """Prepare ``est`` from the study's shared state: train it here (and share it) or load it.
     Returns ``"trained"``, ``"resumed"`` (took over a dead trainer's claim) or ``"loaded"``."""

@@ -182,9 +182,13 @@ class DartsSpace(SearchSpace):
     BASELINES = ("darts_v2", "darts_v1")
 
     def scaled(self, arch: DartsArch, factor: float) -> DartsArch:
-        """DARTS' own knob: channels (cells kept), even and >= 4; the space's stem and input size."""
-        return replace(arch, channels=max(4, 2 * round(arch.channels * factor / 2)), input_size=self.input_size,
-                       num_classes=self.num_classes)
+        """DARTS' own knobs, channels and cells (its CIFAR network is 20 cells of 36, its ImageNet one
+        14 of 48), both times ``factor ** (1/3)``: multiply-adds grow with cells x channels^2, so
+        ``factor`` is about the fraction of compute kept.  Channels even and >= 4, cells >= 3 (one
+        normal and the two reductions); the space's input size and classes."""
+        g = factor ** (1 / 3)
+        return replace(arch, channels=max(4, 2 * round(arch.channels * g / 2)), cells=max(3, round(arch.cells * g)),
+                       input_size=self.input_size, num_classes=self.num_classes)
 
     def plain(self, role: str, name: str) -> str:
         return (plain_op(name) or name) if role == "op" else "sum"

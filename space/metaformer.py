@@ -261,12 +261,21 @@ class MetaformerSpace(SearchSpace):
     BASELINES = ("van_b0", "swiftformer_xs", "biformer_t")
 
     def scaled(self, arch: MetaformerArch, factor: float) -> MetaformerArch:
-        """Every stage's width times ``factor``, rounded to 8 (>= 8); depths kept; the space's input
-        size (``bra``'s windows follow it) and classes."""
+        """The MetaFormers' own knobs, widths and depths (VAN-B0..B3 and SwiftFormer XS..L3 differ in
+        both), each times ``factor ** (1/3)``: compute grows with depth x width^2, so ``factor`` is
+        about the fraction kept.  Widths rounded to 8 (>= 8), depths >= 1, a stage's mixer blocks
+        kept before its leading conv blocks (SwiftFormer: depth - 1 ConvEncoders, then its attention
+        block); the space's input size (``bra``'s windows follow it) and classes."""
+        g = factor ** (1 / 3)
         res = stage_resolutions(self.input_size[1:], self.stem_stride)
-        stages = tuple(replace(s, width=max(8, 8 * round(s.width * factor / 8)),
-                               mixer_kw=bra_kw(res[i], BRA_TOPKS[i]) if s.token_mixer == "bra" else s.mixer_kw)
-                       for i, s in enumerate(arch.stages))
+
+        def one(i: int, s):
+            depth = max(1, round(s.depth * g))
+            return replace(s, width=max(8, 8 * round(s.width * g / 8)), depth=depth,
+                           conv_blocks=max(0, min(s.conv_blocks, depth - (s.depth - s.conv_blocks))),
+                           mixer_kw=bra_kw(res[i], BRA_TOPKS[i]) if s.token_mixer == "bra" else s.mixer_kw)
+
+        stages = tuple(one(i, s) for i, s in enumerate(arch.stages))
         return replace(arch, stages=stages, stem_stride=self.stem_stride, input_size=self.input_size,
                        num_classes=self.num_classes)
 

@@ -97,8 +97,21 @@ def test_three_workers_share_one_study_and_one_supernet(pg, tmp_path):
     url, study = _study_url(pg)
     n = 12
     folders = [tmp_path / f"w{i}" for i in range(3)]
-    outs = _wait([_worker(f, url, study, "--trials", str(n)) for f in folders])
+    procs = [_worker(f, url, study, "--trials", str(n)) for f in folders]
+    deadline, early = time.time() + 240, None
+    while time.time() < deadline and early is None and all(p.poll() is None for p in procs):
+        try:  # collected while the workers run: what has finished so far
+            done = len(records(optuna.load_study(study_name=study, storage=url)))
+        except KeyError:
+            done = 0
+        if 2 <= done < n:
+            assert collect_main(["--storage", url, "--study", study, "--out", str(tmp_path / "early"),
+                                 "--quiet", "--export", "none"]) == 0
+            early = len(pd.read_csv(tmp_path / "early" / "trials.csv"))
+        time.sleep(0.2)
+    outs = _wait(procs)
     assert all(rc == 0 for rc, _ in outs), outs
+    assert early is not None and 2 <= early <= n
     s, recs = _check_study(url, study, n, folders)
     states = [json.loads((f / "summary.json").read_text())["phases"]["estimator_state"] for f in folders]
     assert sorted(states) == ["loaded", "loaded", "trained"]

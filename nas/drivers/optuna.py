@@ -151,17 +151,19 @@ class OptunaDriver(Driver):
                     study.tell(t.number, state=TrialState.FAIL)
 
     def describe(self) -> Dict[str, object]:
-        out = {"driver": self.name, "sampler": self.sampler_name, "storage": _hidden(self.storage),
+        out = {"driver": self.name, "sampler": self.sampler_name, "storage": hide_password(self.storage),
                "study": self.study_name, "population": self.population}
         if self.shared:
             out.update(shared=True, heartbeat_s=self.heartbeat, grace_s=self.grace)
         return out
 
 
-def _hidden(url: str) -> str:
+def hide_password(url: Optional[str]) -> Optional[str]:
     """The URL without its password: config.json is meant to be shared."""
     from sqlalchemy.engine import make_url
 
+    if not url:
+        return url
     try:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:

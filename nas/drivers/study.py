@@ -104,6 +104,23 @@ def records(study) -> List[TrialRecord]:
     return [out[k] for k in sorted(out)]
 
 
+def last_worker(study) -> Optional[str]:
+    """The worker that wrote the study's highest-numbered record: of the workers that end with one
+    finished study, the one that writes the slow parts (verdicts, export); the others leave them."""
+    best = None
+    for t in study.get_trials(deepcopy=False):
+        row = t.user_attrs.get(ROW)
+        if row is not None and t.state.is_finished() and (best is None or row["trial"] > best[0]):
+            best = (row["trial"], t.user_attrs.get("worker"))
+    return best and best[1]
+
+
+def study_results(storage: str, name: str):
+    """(every finished record, the worker of the last one)."""
+    study = open_study(storage, name, create=False)
+    return records(study), last_worker(study)
+
+
 def _count(study, before: int):
     from optuna.trial import TrialState
 

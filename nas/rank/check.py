@@ -112,3 +112,20 @@ def check_line(c: Optional[Dict[str, Any]]) -> str:
     return (f"rank check: Kendall tau {tau:.2f} between the estimator and {c['n']} candidates trained "
             f"stand-alone for {c['epochs']} epoch(s) on this data ({c['file']})" if not math.isnan(tau) else
             "rank check: undefined (constant scores)")
+
+
+def quality_warnings(history, records: Sequence[Any], num_classes: int, data: str = "") -> List[str]:
+    """Say so when the supernet's ranking is close to noise, rather than let a user trust it."""
+    out = []
+    chance = 1.0 / max(num_classes, 1)
+    if history and history[-1]["train_acc"] < 2 * chance:
+        out.append(f"the supernet reached only {history[-1]['train_acc']:.0%} training accuracy (chance "
+                   f"{chance:.0%}): its ranking of candidates is close to noise; raise --epochs (each candidate op "
+                   f"of an edge is trained only when sampled, so more ops need more epochs) or use --device cuda")
+    accs = {r.score for r in records if r.score is not None}
+    if len(accs) == 1 and sum(r.score is not None for r in records) > 1:
+        out.append("every scored candidate got the same score: the estimator cannot tell them apart "
+                   "(a supernet that predicts one class does this)")
+    if data == "digits":
+        out.append(DIGITS_NOTE)
+    return out
