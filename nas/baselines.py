@@ -1,9 +1,9 @@
 """Hand-designed baselines at the budget: what a user would pick without a search.
 
 Each of the space's ``BASELINES`` presets is taken at the space's input size and classes and, where
-it exceeds the budget, narrowed by its family's own rule (``space.scaled``: DARTS' channels, the
-MobileNets' width multiplier, the MetaFormers' widths) to the largest factor that fits every
-constraint.  It is then scored by the run's estimator, so the Pareto plot shows whether the search
+it exceeds the budget, scaled down by its family's own rule (``space.scaled``: DARTS' channels and
+cells, the MobileNets' width multiplier, the MetaFormers' widths and depths) to the largest factor
+that fits every constraint.  It is then scored by the run's estimator, so the Pareto plot shows whether the search
 beat it.  ``baselines.csv`` gives the factor; FLOPs are plain fvcore counts of the deployed network.
 """
 from __future__ import annotations

@@ -59,6 +59,14 @@ def _worker(out: Path, url: str, study: str, *extra: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
+def _study_or_none(url, study):
+    """The study while workers run (None before the first worker created it)."""
+    try:
+        return optuna.load_study(study_name=study, storage=url)
+    except KeyError:
+        return None
+
+
 def _wait(procs, timeout=300):
     outs = []
     for p in procs:
@@ -100,11 +108,8 @@ def test_three_workers_share_one_study_and_one_supernet(pg, tmp_path):
     procs = [_worker(f, url, study, "--trials", str(n)) for f in folders]
     deadline, early = time.time() + 240, None
     while time.time() < deadline and early is None and all(p.poll() is None for p in procs):
-        try:  # collected while the workers run: what has finished so far
-            done = len(records(optuna.load_study(study_name=study, storage=url)))
-        except KeyError:
-            done = 0
-        if 2 <= done < n:
+        s = _study_or_none(url, study)  # collected while the workers run: what has finished so far
+        if s is not None and 2 <= len(records(s)) < n:
             assert collect_main(["--storage", url, "--study", study, "--out", str(tmp_path / "early"),
                                  "--quiet", "--export", "none"]) == 0
             early = len(pd.read_csv(tmp_path / "early" / "trials.csv"))
@@ -131,12 +136,8 @@ def test_a_worker_killed_mid_search_loses_nothing(pg, tmp_path):
     victim, killed = procs[0], None
     deadline = time.time() + 240
     while time.time() < deadline and killed is None and victim.poll() is None:
-        try:
-            s = optuna.load_study(study_name=study, storage=url)
-        except KeyError:
-            time.sleep(0.5)
-            continue
-        for t in s.get_trials(deepcopy=False):  # the victim's trial under way
+        s = _study_or_none(url, study)
+        for t in s.get_trials(deepcopy=False) if s is not None else []:  # the victim's trial under way
             if t.state.name == "RUNNING" and t.user_attrs.get("worker", "").endswith(f":{victim.pid}"):
                 victim.send_signal(signal.SIGKILL)
                 killed = t.number
