@@ -275,7 +275,7 @@ def _run(cfg: SearchConfig, collect: bool = False) -> Dict[str, Any]:
     else:
         est.prepare()
     phases["estimator_prepare_s"] = time.time() - t0
-    if shared:
+    if shared and not collect:
         say(f"study {study_name!r} in {driver.describe()['storage']}: workers started with the same command "
             f"share its {cfg.trials} trials; python -m nas.collect --storage URL --study {study_name} --out DIR "
             f"writes its run folder at any time")
