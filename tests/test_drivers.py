@@ -80,7 +80,7 @@ def choices_of(recs):
 
 def test_registry_names_and_options():
     assert {"optuna", "random", "ray", "nni"} <= set(drivers.names())
-    assert drivers.options("optuna") == [] and drivers.options("random") == []
+    assert drivers.options("optuna") == ["heartbeat", "grace"] and drivers.options("random") == []
     with pytest.raises(drivers.DriverUnavailable, match="unknown driver"):
         drivers.get("hyperband")
 
