@@ -83,7 +83,7 @@ class SharedState:
                        .values(blob=data, epoch=epoch, ready=ready))
         if r.rowcount != 1:
             raise RuntimeError("another worker took over the shared supernet's training (this one stalled "
-                               f"longer than the others waited); this worker stops, its state is not used")
+                               "longer than the others waited); this worker stops, its state is not used")
 
     def download(self) -> Optional[bytes]:
         with self.engine.connect() as c:
