@@ -47,7 +47,13 @@ def test_the_readme_block_is_what_this_test_runs():
 def test_two_node_cluster_runs_trials_on_both_nodes(tmp_path):
     pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'plugnas[ray]')")
     port = _free_port()
-    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT)}
+    import secrets
+
+    # token authentication on, as the README advises for a real cluster: one token for the head,
+    # the second node and the search (a ~/.ray/auth_token that an earlier local Ray wrote would
+    # otherwise make the head demand a token the second node does not send)
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(ROOT), "RAY_AUTH_MODE": "token",
+           "RAY_AUTH_TOKEN": secrets.token_hex(32)}
     env.pop("RAY_ADDRESS", None)
     env.pop("NAS_DATA", None)
 
