@@ -100,12 +100,16 @@ def _collect_and_check(url, study, tmp_path, recs):
     return out
 
 
+def _three_workers(pg, tmp_path, n):
+    url, study = _study_url(pg)
+    folders = [tmp_path / f"w{i}" for i in range(3)]
+    return url, study, folders, [_worker(f, url, study, "--trials", str(n)) for f in folders]
+
+
 @pytest.mark.slow  # about a minute each; .ci/run runs them
 def test_three_workers_share_one_study_and_one_supernet(pg, tmp_path):
-    url, study = _study_url(pg)
     n = 12
-    folders = [tmp_path / f"w{i}" for i in range(3)]
-    procs = [_worker(f, url, study, "--trials", str(n)) for f in folders]
+    url, study, folders, procs = _three_workers(pg, tmp_path, n)
     deadline, early = time.time() + 240, None
     while time.time() < deadline and early is None and all(p.poll() is None for p in procs):
         s = _study_or_none(url, study)  # collected while the workers run: what has finished so far
@@ -129,10 +133,8 @@ def test_three_workers_share_one_study_and_one_supernet(pg, tmp_path):
 
 @pytest.mark.slow  # about a minute each; .ci/run runs them
 def test_a_worker_killed_mid_search_loses_nothing(pg, tmp_path):
-    url, study = _study_url(pg)
     n = 14
-    folders = [tmp_path / f"w{i}" for i in range(3)]
-    procs = [_worker(f, url, study, "--trials", str(n)) for f in folders]
+    url, study, folders, procs = _three_workers(pg, tmp_path, n)
     victim, killed = procs[0], None
     deadline = time.time() + 240
     while time.time() < deadline and killed is None and victim.poll() is None:
