@@ -40,8 +40,8 @@ def key_of(config: Dict[str, Any]) -> str:
     return hashlib.sha1(json.dumps(agreed(config), sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-# heartbeats and fail_stale_trials are "experimental" since Optuna 2.9 (still in 5.1); pinned by
-# tests/test_foreign_internals.py, which fails loudly should they change
+# heartbeats and fail_stale_trials are public but "experimental" since Optuna 2.9 (still in 5.1);
+# tests/test_shared_study.py's SIGKILL tests fail should they change
 warnings.filterwarnings("ignore", message=r".*(heartbeat_interval|fail_stale_trials).*")
 
 
