@@ -5,6 +5,7 @@ choices from the space; over-budget candidates are recorded (never crash the bac
 gives the same trials where the driver promises it.  The backends are optional extras: their
 tests skip where they are not installed (CI installs only the test extra).
 """
+import functools
 import json
 import os
 import subprocess
@@ -189,12 +190,32 @@ def test_ray_failures_are_records(ray_session, tmp_path, darts):
     assert any(r.state == "complete" for r in recs)
 
 
+def dying_score(driver_pid: int, arch) -> float:
+    """Kills the Ray worker process that runs it, as a dead node would; scores in the driver."""
+    if os.getpid() != driver_pid:
+        os._exit(1)
+    return fake_score(arch)
+
+
+def test_ray_trial_whose_worker_died_is_scored_in_the_driver(ray_session, tmp_path, darts):
+    prob = problem(darts, score=functools.partial(dying_score, os.getpid()), budget="50MFLOPs")
+    driver = ray_driver(tmp_path, "d", retries=1)
+    recs = collect(driver, prob, 2, seed=0)
+    assert [r.number for r in recs] == [0, 1]
+    assert all(r.state == "complete" and r.score == fake_score(r.arch) for r in recs), [r.message for r in recs]
+    assert all(r.message.startswith("scored in the driver process after its Ray worker failed") for r in recs)
+    d = driver.describe()
+    assert d["rescued"] == 2 and d["retried"] == 2  # one retry each, then the rescue
+
+
 def test_ray_options_are_checked():
     pytest.importorskip("ray")
     with pytest.raises(ValueError, match="searcher"):
         drivers.get("ray", sampler="evolution")
     with pytest.raises(ValueError, match="concurrency"):
         drivers.get("ray", concurrency=0)
+    with pytest.raises(ValueError, match="retries"):
+        drivers.get("ray", retries=-1)
     assert set(drivers.options("ray")) >= {"address", "concurrency", "cpus_per_trial"}
 
 

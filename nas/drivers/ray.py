@@ -6,7 +6,18 @@ the study kept in the run's ``study.db`` or ``--storage``); ``random`` is Tune's
 ``BasicVariantGenerator``.  Options (``--driver-opt``): ``address`` (else ``RAY_ADDRESS``, else a
 local Ray), ``concurrency`` (trials at once, default 1), ``cpus_per_trial`` (torch threads per
 trial, default 1), ``gpus_per_trial`` (needed with ``--device cuda``: Ray hides GPUs from trials
-that do not ask for one; untested here, no GPU).
+that do not ask for one; untested here, no GPU), ``retries`` (default 2, below).
+
+A node that dies.  ``Problem.evaluate`` turns any error of a candidate into a failed record, so
+what Tune sees as a trial error is the infrastructure's: the worker process or its node died.
+Such a trial is run again, from the start (Tune's ``FailureConfig(max_failures=retries)``,
+counted in ``summary.json``'s ``driver.retried``).  Tune retries at once, and until Ray declares a
+killed node dead (some seconds) it sends the retries to the same dead node, so they fail too
+(measured).  A trial whose retries are spent is therefore scored here, in the driver process, which
+holds the problem anyway (``driver.rescued``; its record's message says so): no trial is lost to a
+dead node.  The searcher has been told that trial failed, so it does not learn from that one
+result.  The head node is the one node that must live: it runs the search.  Tested:
+tests/test_ray_cluster.py kills the second node with SIGKILL mid-run.
 
 Where the evaluation runs.  A Tune trial runs in a Ray worker process, not in this one, and an
 evaluation needs the whole ``Problem`` (the trained supernet and the data splits live in it).  The
@@ -135,9 +146,11 @@ class _Records(tune.Callback):
     the order they finish: Tune may start queued trials in any order even one at a time, so this
     keeps a seed's numbering reproducible; a finished trial waits for its predecessors."""
 
-    def __init__(self, on_trial: OnTrial, start: int):
-        self.on_trial, self.number = on_trial, start
+    def __init__(self, on_trial: OnTrial, start: int, problem: Problem):
+        self.on_trial, self.number, self.problem = on_trial, start, problem
         self.per_node: Dict[str, Dict[str, int]] = {}  # node id -> trials, problem fetches
+        self.retried = 0  # trials Tune ran again after their worker or node died
+        self.rescued = 0  # trials scored in this process after their retries were spent
         self._waiting: Dict[int, TrialRecord] = {}
         self._next = 0  # index in Tune's trial list of the next record to pass on
 
@@ -164,15 +177,21 @@ class _Records(tune.Callback):
             n["problem_fetches"] += int(bool(result.get("fetched")))
             self._arrived(trials, trial, TrialRecord.from_json(json.loads(result["record"]), numbered=False))
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        self.retried += 1  # Tune re-queues it; its record comes when the new attempt reports
+
     def on_trial_error(self, iteration, trials, trial, **info):
-        # the worker died or raised outside Problem.evaluate: still one record per trial
+        # the worker or its node died (Problem.evaluate records a candidate's own errors) and
+        # Tune's retries are spent: score the candidate here, so it is not lost
         last = "unknown"
         if trial.error_file and os.path.exists(trial.error_file):  # the local copy: storage syncs later
             lines = [ln for ln in Path(trial.error_file).read_text().splitlines() if ln.strip()]
             last = lines[-1] if lines else last
-        msg = f"ray trial error: {last}"[:300]
-        self._arrived(trials, trial, TrialRecord(number=-1, choices=dict(trial.config), state="failed", seconds=0.0,
-                                                 message=msg))
+        rec = self.problem.evaluate(dict(trial.config), -1)
+        rec.message = (f"scored in the driver process after its Ray worker failed: {last}"[:300]
+                       + (f"; {rec.message}" if rec.message else ""))
+        self.rescued += 1
+        self._arrived(trials, trial, rec)
 
 
 def init_ray(address: Optional[str] = None) -> None:
@@ -204,12 +223,14 @@ class RayDriver(Driver):
 
     def __init__(self, storage: Optional[str] = None, study_name: str = "search", sampler: str = "nsga2",
                  population: Optional[int] = None, folder: Optional[Path] = None, address: Optional[str] = None,
-                 concurrency: int = 1, cpus_per_trial: int = 1, gpus_per_trial: float = 0.0, **_):
+                 concurrency: int = 1, cpus_per_trial: int = 1, gpus_per_trial: float = 0.0, retries: int = 2,
+                 **_):
         if sampler not in SEARCHERS:
             raise ValueError(f"unknown Ray Tune searcher {sampler!r} ({', '.join(SEARCHERS)})")
-        concurrency, cpus_per_trial = int(concurrency), int(cpus_per_trial)
-        if concurrency < 1 or cpus_per_trial < 1:
-            raise ValueError("Ray driver: concurrency and cpus_per_trial must be >= 1")
+        concurrency, cpus_per_trial, retries = int(concurrency), int(cpus_per_trial), int(retries)
+        if concurrency < 1 or cpus_per_trial < 1 or retries < 0:
+            raise ValueError("Ray driver: concurrency and cpus_per_trial must be >= 1, retries >= 0")
+        self.retries, self.retried, self.rescued = retries, 0, 0
         self.storage, self.study_name, self.sampler_name, self.population = storage, study_name, sampler, population
         self.folder = Path(folder) if folder is not None else None
         self.address, self.concurrency, self.cpus_per_trial = address, concurrency, cpus_per_trial
@@ -241,7 +262,7 @@ class RayDriver(Driver):
         resources = {"cpu": self.cpus_per_trial, "gpu": self.gpus_per_trial}
         trainable = tune.with_resources(tune.with_parameters(_evaluate, shared=shared), resources)
         root = (self.folder / "ray") if self.folder is not None else None
-        records = _Records(on_trial, start)
+        records = _Records(on_trial, start, problem)
         tuner = tune.Tuner(
             trainable,
             param_space={k: tune.choice(list(v)) for k, v in problem.choices.items()},
@@ -249,12 +270,15 @@ class RayDriver(Driver):
                                         max_concurrent_trials=self.concurrency, reuse_actors=True,
                                         trial_dirname_creator=_trial_dirname),
             run_config=tune.RunConfig(name=f"tune-{start}", storage_path=str(root.resolve()) if root else None,
-                                      verbose=0, callbacks=[records]),
+                                      verbose=0, callbacks=[records],
+                                      failure_config=tune.FailureConfig(max_failures=self.retries)),
         )
         try:
             tuner.fit()
         finally:
             records.flush()
+            self.retried += records.retried
+            self.rescued += records.rescued
             for node, n in records.per_node.items():
                 tot = self.per_node.setdefault(node, {"trials": 0, "problem_fetches": 0})
                 tot.update(trials=tot["trials"] + n["trials"], problem_fetches=tot["problem_fetches"] + n["problem_fetches"])
@@ -265,5 +289,6 @@ class RayDriver(Driver):
         return {"driver": self.name, "searcher": self.sampler_name, "storage": self.storage,
                 "study": self.study_name, "population": self.population, "concurrency": self.concurrency,
                 "cpus_per_trial": self.cpus_per_trial, "gpus_per_trial": self.gpus_per_trial,
+                "retries": self.retries, "retried": self.retried, "rescued": self.rescued,
                 "address": self.address or os.environ.get("RAY_ADDRESS") or "local",
                 **({"per_node": self.per_node} if self.per_node else {})}
