@@ -133,6 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-lut", default=None, help="latency lookup table (default: the shipped one for this "
                    "machine, if any); needed for ms budgets")
     p.add_argument("--force-lut", action="store_true", help="use a latency table measured on another device")
+    p.add_argument("--latency-every", type=float, default=None, metavar="SECONDS",
+                   help="re-time the latency anchors between trials when their timing is older (default 600; 0: "
+                        "at start only); each trial records the scale it was judged with (trials.csv latency_scale)")
     p.add_argument("--population", type=int, default=None, help="NSGA-II population (default trials/4 in 8..50)")
     p.add_argument("--batch-size", type=int, default=64, help="supernet training batch (default 64)")
     p.add_argument("--lr", type=float, default=0.05, help="supernet learning rate (default 0.05, cosine)")
@@ -196,7 +199,8 @@ def _search(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
                        storage=args.storage, study=args.study, latency_lut=args.latency_lut, force_lut=args.force_lut,
                        threads=args.threads, device=args.device, resume=args.resume, progress=not args.quiet,
                        trial_timeout=args.trial_timeout,
-                       **({} if args.export is None else {"export": args.export}))
+                       **({} if args.export is None else {"export": args.export}),
+                       **({} if args.latency_every is None else {"latency_every": args.latency_every}))
     try:
         summary = run(cfg)
     except (RunError, DataError, UnknownName) as e:

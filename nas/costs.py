@@ -11,16 +11,22 @@ from .flops import PartCounter
 
 
 class CostModel:
-    def __init__(self, latency: Optional[Any] = None):
+    def __init__(self, latency: Optional[Any] = None, recalibrate: float = 0.0):
         self.counter = PartCounter()
         self.latency = latency  # a nas.latency.Predictor, or None
+        # re-time the latency anchors before a candidate when their last timing is older (s; 0 never):
+        # the machine's speed moves over minutes; a candidate is judged once, with the scale then
+        self.recalibrate = recalibrate
 
     def __call__(self, arch: ArchBase, lenient: bool = False) -> Dict[str, float]:
         parts = space.parts(arch)
         out: Dict[str, float] = {"flops": self.counter.total(parts), "params": self.counter.params(parts)}
         if self.latency is not None:
             try:
+                if self.recalibrate:
+                    self.latency.calibrate(max_age=self.recalibrate, wait=self.latency.waits)
                 out["latency_ms"] = float(self.latency.predict(parts))
+                out["latency_scale"] = self.latency.last_scale
             except Exception:
                 if not lenient:
                     raise

@@ -11,7 +11,7 @@ from .checks import RunError
 
 # settings a resume may change: they shape no finished trial (verdicts: the end only)
 RESUMABLE_CHANGES = ("resume", "progress", "trials", "out", "device", "threads", "driver_options",
-                     "verdict_pairs", "trial_timeout", "verify", "export")
+                     "verdict_pairs", "trial_timeout", "verify", "export", "latency_every")
 
 
 def check_folder(cfg: Any, default: Path, collected: Any = None) -> Path:

@@ -75,6 +75,7 @@ class SearchConfig:
     study: Optional[str] = None  # study name in the storage; None = the run folder's name
     latency_lut: Optional[str] = None  # latency table; None = a shipped table matching this machine, if any
     force_lut: bool = False  # use a latency table measured on another device anyway
+    latency_every: float = 600.0  # re-time the latency anchors between trials when older (s; 0: at start only)
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     device: str = "auto"  # supernet training/scoring: auto = cuda when available, else cpu (costs never need one)
     resume: bool = False  # continue the run in `out` (same settings) after an interruption
@@ -124,6 +125,7 @@ _NUMBERS = [
     ("val_fraction", "val_fraction", *FRACTION),
     ("calib_batches", "calib_batches", *POSITIVE_INT),
     ("trial_timeout", "--trial-timeout", lambda v: math.isfinite(v) and v >= 0, "seconds >= 0 (0: no limit)"),
+    ("latency_every", "--latency-every", lambda v: math.isfinite(v) and v >= 0, "seconds >= 0 (0: at start only)"),
     ("rank_check", "--rank-check", *NON_NEGATIVE_INT),
     ("rank_check_epochs", "--rank-check-epochs", *POSITIVE_INT),
     ("verdict_pairs", "--verdict-pairs", *NON_NEGATIVE_INT),
@@ -214,7 +216,7 @@ def _run(cfg: SearchConfig, collect: bool = False) -> Dict[str, Any]:
     except ValueError as e:
         raise RunError(f"--resume: {e}") from None
     t_cal = time.time()
-    latency = open_and_calibrate(cfg, constraints, latency, say=tqdm.write if cfg.progress else log.info)
+    latency = open_and_calibrate(cfg, constraints, latency, sp, say=tqdm.write if cfg.progress else log.info)
     t_cal = time.time() - t_cal
     objectives = _objectives(cfg, constraints, latency)
     settings = sp.settings()
@@ -233,8 +235,8 @@ def _run(cfg: SearchConfig, collect: bool = False) -> Dict[str, Any]:
             "path": str(latency.path), "sha256": latency.content_hash, "meta": latency.meta,
             "own": latency.autosave is not None,  # this device's table, grown as the search meets parts
             "parts_at_start": len(latency),
-            "scale": latency.scale,  # the start-up calibration's rescaling (now / table), applied to every prediction
-            "calibration_load": latency.calibration_load},
+            "scale": latency.scale,  # the start-up calibration's plain rescaling (now / table); each trial has its own
+            "calibration_load": latency.calibration_load, "calibration": latency.calibration.to_dict()},
         "estimator_fingerprint": est.fingerprint(),
         "seed": cfg.seed,
         "device": {**device_info(), "estimation_device": device},
@@ -280,7 +282,7 @@ def _run(cfg: SearchConfig, collect: bool = False) -> Dict[str, Any]:
             f"share its {cfg.trials} trials; python -m nas.collect --storage URL --study {study_name} --out DIR "
             f"writes its run folder at any time")
 
-    costs = CostModel(latency)
+    costs = CostModel(latency, cfg.latency_every)
     problem = Problem(sp, constraints, costs, est.score, objectives, estimator=cfg.estimator,
                       score_is_accuracy=est.is_accuracy, trial_timeout=cfg.trial_timeout)
     if cfg.resume:
@@ -344,8 +346,10 @@ def _run(cfg: SearchConfig, collect: bool = False) -> Dict[str, Any]:
         exported = card and {o["format"]: o["ok"] for o in card["formats"]}
         phases["model_export_s"] = time.time() - t0
     desc = est.describe()
-    if latency is not None and latency.timed_parts:
-        phases.update(latency_parts_timed=latency.timed_parts, latency_timing_s=round(latency.timing_s, 1))
+    if latency is not None:
+        summary["latency_calibrations"] = [c.to_dict() for c in latency.history]  # start-up, then re-anchorings
+        if latency.timed_parts:
+            phases.update(latency_parts_timed=latency.timed_parts, latency_timing_s=round(latency.timing_s, 1))
     summary.update(driver=driver.describe(), exported=exported, phases=phases, interrupted=interrupted, seconds=time.time() - t_start,
                    counted_parts=costs.counter.traced, estimator=desc, ranking_benchmark=trust,
                    trust=trust_line(trust, cfg.estimator, sp.name), rank_check=check, verify=verify,

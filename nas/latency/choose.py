@@ -13,6 +13,7 @@ from ..checks import RunError
 from .local import local_path, open_local
 from .measure import LatencyError, describe, device_identity
 from .predict import Predictor
+from .validate import search_calibration
 
 log = logging.getLogger("nas")
 
@@ -72,9 +73,10 @@ def choose(cfg: Any, constraints, sp) -> Any:
     return pred
 
 
-def open_and_calibrate(cfg: Any, constraints, pred, say=print) -> Optional[Predictor]:
-    """Time the table's reference network(s) now (seconds; a latency budget waits for a calm
-    machine, a report does not), opening this device's own table first where that was chosen."""
+def open_and_calibrate(cfg: Any, constraints, pred, sp, say=print) -> Optional[Predictor]:
+    """Time the table's anchor networks now (``validate.search_calibration``: a latency budget
+    waits for a calm machine and reads 8 anchors, a report times the table's own anchors at once),
+    opening this device's own table first where that was chosen."""
     if pred is None:
         return None
     want = wanted(cfg, constraints)
@@ -83,7 +85,7 @@ def open_and_calibrate(cfg: Any, constraints, pred, say=print) -> Optional[Predi
             say(f"latency: {pred.why}; timing each new part on this device as the search meets it, "
                 f"into {pred.path} (reused by later runs)")
             pred = open_local(pred.space, pred.device, pred.threads, progress=cfg.progress)
-        pred.calibrate(wait=want)
+        search_calibration(pred, sp, judged=want)
     except LatencyError as e:
         return _unavailable(cfg, constraints, e)
     return pred

@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime
 import os
 import re
-import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -25,7 +24,7 @@ import torch
 
 from .measure import LatencyError, describe, device_identity
 from .model import LatencyModel
-from .predict import _CALIBRATED, Predictor, time_references
+from .predict import _CALIBRATED, Calibration, Predictor, time_references
 from .table import Table
 
 
@@ -76,7 +75,7 @@ def open_local(sp: Any, device: str = "cpu", threads: Optional[int] = None, batc
     Table.from_records([], meta).save(path)
     pred = Predictor.load(path)
     pred.autosave, pred.progress = path, progress
-    _CALIBRATED[pred.content_hash] = (1.0, time.time())  # its reference was timed just now: no second timing
+    _CALIBRATED[pred.content_hash] = Calibration(then=list(now), now=list(now))  # timed just now: no second timing
     return pred
 
 

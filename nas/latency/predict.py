@@ -4,8 +4,11 @@ Prediction is a dictionary walk over the candidate's parts (tens of microseconds
 hundred parts): every entry is pre-multiplied by its kind's fitted factor when the table is
 loaded, so ``predict`` only adds.  ``calibrate()`` rescales for the process-to-process drift of
 this machine: the table's entries are in the build's reference units (every chunk of a build
-timed a reference network alongside), and ``calibrate()`` times that reference network once and
-multiplies every prediction by (its time now / its time in the table).  Parts the table lacks are timed on the spot when this machine is
+timed a reference network alongside), and ``calibrate()`` times anchor networks of known table
+time now (the reference, and with ``anchors=`` more of the build's networks) and keeps each one's
+ratio (time now / in the table).  A candidate's prediction is multiplied by the ratio read mostly
+off anchors of its own size (``speed_ratio(size=)``), as validation does: on this VM small and
+large networks speed up and slow down by different amounts.  Parts the table lacks are timed on the spot when this machine is
 the table's device, next to parts the table has, whose ratio (now / table) converts the new
 times into table units; on any other device a missing part is an error.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
@@ -26,7 +30,28 @@ from .measure import (LatencyError, describe, device_identity, gated, make_input
 from .model import LatencyModel
 from .table import Table, load as load_table, sha256_file, shapes_text
 
-_CALIBRATED: Dict[str, Tuple[float, float]] = {}  # content hash -> (drift scale, when), per process
+
+
+@dataclass
+class Calibration:
+    """One timing of a table's anchors: what every prediction made under it is rescaled by."""
+    then: List[float]  # the anchors' times in table units
+    now: List[float]  # their times now (ms)
+    when: float = field(default_factory=time.time)
+    load: Optional[float] = None  # other processes' CPU share while they were timed
+    number: int = 0  # 0: the start-up calibration, then one more per re-anchoring
+
+    def scale_for(self, units: Optional[float] = None) -> float:
+        """now / table for a network of ``units`` (its time in table units); None: all anchors alike."""
+        return speed_ratio(self.now, self.then, size=units)
+
+    def to_dict(self) -> Dict[str, Any]:
+        return {"number": self.number, "when": round(self.when, 3), "load": self.load,
+                "anchors_table_ms": [round(v, 4) for v in self.then], "anchors_now_ms": [round(v, 4) for v in self.now],
+                "scale": self.scale_for()}
+
+
+_CALIBRATED: Dict[str, Calibration] = {}  # content hash -> the latest calibration, per process
 
 
 def same_device(identity: Dict[str, Any], other: Dict[str, Any]) -> bool:
@@ -89,7 +114,12 @@ class Predictor:
             table.rows.to_csv(index=False).encode()).hexdigest()
         self.forced = forced
         self.model = LatencyModel.from_dict(self.meta.get("model"))
-        self.scale = 1.0
+        self.scale = 1.0  # the plain drift scale (all anchors alike); predictions read theirs by size
+        self.calibration: Optional[Calibration] = None
+        self.history: List[Calibration] = []  # every calibration this predictor timed or adopted
+        self.anchor_set: Optional[Tuple[List[Dict[str, Any]], List[float], List[Dict[str, Any]]]] = None
+        self.last_scale = 1.0  # the scale the latest prediction was made with (its trial records it)
+        self.waits = True  # whether calibrations wait for a calm machine (the latest explicit call's choice)
         self.calibrated = False
         self.calibration_load: Optional[float] = None
         self._kind = table.kinds()
@@ -148,8 +178,8 @@ class Predictor:
                 out.append(p)
         return out
 
-    def predict(self, parts: Sequence[Any]) -> float:
-        """Latency (ms) of the network made of ``parts`` (a space's ``parts(arch)``)."""
+    def units(self, parts: Sequence[Any]) -> float:
+        """The model's latency of the network made of ``parts`` in table units (no drift scale)."""
         eff = self._eff
         total = 0.0
         try:
@@ -157,9 +187,20 @@ class Predictor:
                 total += eff[p.key]
         except KeyError:
             self.add_missing(parts)
-            return self.predict(parts)
+            return self.units(parts)
         m = self.model
-        return (total + m.overhead_ms + m.per_part_ms * len(parts)) * self.scale
+        return total + m.overhead_ms + m.per_part_ms * len(parts)
+
+    def scale_for(self, units: float) -> float:
+        c = self.calibration
+        return c.scale_for(units) if c is not None else self.scale
+
+    def predict(self, parts: Sequence[Any]) -> float:
+        """Latency (ms) of the network made of ``parts`` (a space's ``parts(arch)``), at the speed
+        the latest calibration read off anchors of its size (``last_scale``)."""
+        units = self.units(parts)
+        self.last_scale = self.scale_for(units)
+        return units * self.last_scale
 
     def sum_entries(self, parts: Sequence[Any]) -> float:
         """The naive estimate: raw entries summed (no model, no drift scale)."""
@@ -218,7 +259,7 @@ class Predictor:
             if anchors:
                 ratio = speed_ratio(now[len(chunk):], [self._raw[a.key] for a in anchors])
             else:
-                ratio = self.calibrate()
+                ratio = self.calibrate()  # parts are far smaller than any anchor: the plain scale
             for p, t, v in zip(chunk, now, samples):
                 self._raw[p.key] = t / ratio
                 self._kind[p.key] = p.kind
@@ -286,34 +327,45 @@ class Predictor:
                 others.append(f)
         return archs, then, others
 
-    def calibrate(self, force: bool = False, max_age: Optional[float] = None, wait: bool = True) -> float:
-        """Time the reference network(s) now and rescale predictions by now / in the table.
+    def calibrate(self, force: bool = False, max_age: Optional[float] = None, wait: bool = True,
+                  anchors: Optional[Tuple[List[Dict[str, Any]], List[float]]] = None) -> float:
+        """Time the anchor networks now; predictions from then on are rescaled by their ratios.
 
-        Once per process and table: later calls return the cached scale, unless ``force`` or
-        the cached one is older than ``max_age`` seconds.  Re-calibrating follows the machine's
-        speed (which can switch by 30% or more on a shared VM) at the price of judging earlier
-        and later candidates at different speeds; a search that compares candidates against one
-        budget is usually better served by one calibration.  ``wait=False`` times once, however
-        busy the machine (latency that is only reported must not hold up a FLOP-budget search
-        for the table's ``max_wait``).
+        ``anchors``: (architectures, their times in table units), e.g. ``validate.anchor_networks``
+        (the reference plus more of the build's networks, of several sizes); default
+        ``anchors()``.  Kept for re-calibrations.  Once per process and table: later calls adopt
+        the cached calibration, unless ``force`` or it is older than ``max_age`` seconds.
+        Re-calibrating follows the machine's speed (which can switch by 30% or more on a shared
+        VM); a candidate already judged keeps the scale it was judged with (its record has it).
+        ``wait=False`` times once, however busy the machine (latency that is only reported must
+        not hold up a FLOP-budget search for the table's ``max_wait``).  Returns the plain scale.
         """
+        if anchors is not None:
+            self.anchor_set = (list(anchors[0]), list(anchors[1]), [])
+        self.waits = wait
         cached = _CALIBRATED.get(self.content_hash)
-        if cached is not None and not force and (max_age is None or time.time() - cached[1] <= max_age):
-            self.scale, self.calibrated = cached[0], True
-            return self.scale
-        archs, then, others = self.anchors()
+        if cached is not None and not force and (max_age is None or time.time() - cached.when <= max_age):
+            return self._adopt(cached)
+        archs, then, others = self.anchor_set or self.anchors()
         if not archs:
             raise LatencyError(f"{self.path or 'the latency table'} holds no reference measurement to calibrate with")
         if not self.native:
             raise LatencyError(f"cannot calibrate {self.path or 'the table'} here: it was measured on "
                                f"{describe(self.meta.get('device', {}))}")
         ms = self.meta.get("measure", {})
-        now, self.calibration_load, _ = gated(
+        now, load, _ = gated(
             lambda: time_references(archs, self.device_type, self.threads, self.batch, ms, others),
             ms.get("max_load"), ms.get("max_wait", 0.0) if wait else 0.0)
-        self.scale = speed_ratio(now, then)
-        self.calibrated = True
-        _CALIBRATED[self.content_hash] = (self.scale, time.time())
+        c = Calibration(then=[float(v) for v in then], now=[float(v) for v in now], load=load,
+                        number=cached.number + 1 if cached is not None else 0)
+        _CALIBRATED[self.content_hash] = c
+        return self._adopt(c)
+
+    def _adopt(self, c: Calibration) -> float:
+        if self.calibration is not c:
+            self.history.append(c)
+        self.calibration, self.calibration_load, self.calibrated = c, c.load, True
+        self.scale = c.scale_for()
         return self.scale
 
 

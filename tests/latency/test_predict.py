@@ -80,9 +80,49 @@ def test_calibrate_rescales_once_per_process(monkeypatch):
     assert len(calls) == 2
     q.calibrate(max_age=3600.0)
     assert len(calls) == 2
-    predict_mod._CALIBRATED["test-calibrate"] = (1.2, 0.0)  # calibrated long ago
+    predict_mod._CALIBRATED["test-calibrate"] = predict_mod.Calibration([10.0], [12.0], when=0.0, number=1)  # long ago
     q.calibrate(max_age=60.0)
     assert len(calls) == 3
+    assert [c.number for c in q.history] == [0, 1, 2]  # adopted, forced, re-timed when too old: numbered
+
+
+def test_each_prediction_is_rescaled_by_the_anchors_of_its_size(monkeypatch):
+    """Anchors of 2 ms and 200 ms of table time ran 1.5x and 1.1x slower now: a small network is
+    rescaled mostly by the small anchor, a large one by the large one, and ``last_scale`` says which
+    scale the latest prediction used (a trial records it)."""
+    monkeypatch.setattr(predict_mod, "time_references", lambda archs, *a, **k: [3.0, 220.0])
+    p = table({"small": 2.0, "large": 200.0})
+    p.meta["reference"] = {"archs": [{"space": "darts"}, {"space": "darts"}], "ms": [2.0, 200.0]}
+    p.content_hash = "test-sizes"
+    predict_mod._CALIBRATED.pop("test-sizes", None)
+    assert p.calibrate() == pytest.approx(1.3)  # the plain scale: the median of 1.5 and 1.1
+    assert p.predict([part("small")]) == pytest.approx(2.0 * 1.5, rel=0.01) and p.last_scale == pytest.approx(1.5, rel=0.01)
+    assert p.predict([part("large")]) == pytest.approx(200.0 * 1.1, rel=0.01)
+    assert p.calibration.to_dict()["anchors_now_ms"] == [3.0, 220.0]
+
+
+def test_cost_model_re_anchors_between_trials_and_keeps_each_trials_scale(monkeypatch):
+    """With ``recalibrate`` (``--latency-every``) an anchor timing older than that is redone before
+    the next candidate; each candidate's costs carry the scale it was judged with."""
+    from nas.costs import CostModel
+
+    speeds = iter([[12.0], [15.0]])
+    monkeypatch.setattr(predict_mod, "time_references", lambda archs, *a, **k: next(speeds))
+    sp = SPACES["darts"](ops=["skip_connect", "sep_conv_3x3"], fusions=["sum"], channels=4, cells=2)
+    p = table({q.key: 0.5 for q in sp.all_parts()})
+    p.meta["reference"] = {"archs": [{"space": "darts"}], "ms": [10.0]}
+    p.content_hash = "test-every"
+    predict_mod._CALIBRATED.pop("test-every", None)
+    p.calibrate()
+    costs = CostModel(p, recalibrate=60.0)
+    arch = sp.sample(__import__("random").Random(0))
+    first = costs(arch)
+    assert first["latency_scale"] == pytest.approx(1.2)
+    p.calibration.when -= 120  # two minutes later
+    second = costs(arch)
+    assert second["latency_scale"] == pytest.approx(1.5) and second["latency_ms"] == pytest.approx(
+        first["latency_ms"] * 1.5 / 1.2)
+    assert [c.number for c in p.history] == [0, 1]
 
 
 def test_fit_recovers_factors():
