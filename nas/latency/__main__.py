@@ -56,7 +56,32 @@ def _build(a: argparse.Namespace) -> int:
     return 0
 
 
+def _validate_processes(a: argparse.Namespace) -> int:
+    """``--processes N``: the validation in N fresh processes, ``--gap`` s apart, then combined."""
+    from .processes import combine, format_combined, run_processes
+
+    if not a.out:
+        raise LatencyError("--processes needs --out (a text report; each process's rows go beside it)")
+    out = Path(a.out)
+    keep = ["--samples", str(a.samples), "--seed", str(a.seed), "--anchors", str(a.anchors)]
+    for flag, v in (("--space", a.space), ("--settings", a.settings), ("--group", a.group), ("--rounds", a.rounds),
+                    ("--max-load", a.max_load), ("--max-wait", a.max_wait)):
+        keep += [flag, str(v)] if v is not None else []
+    files = run_processes(a.table, keep + (["--force"] if a.force else []), a.processes, a.gap,
+                          out.with_name(out.stem + ".processes"))
+    rows, summary = combine(files)
+    text = format_combined(summary)
+    print(text)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    head = f"$ {a.command_line}\n\n" if a.command_line else ""
+    out.write_text(head + text + "\n\n" + json.dumps(dict(summary, command=a.command_line), indent=2) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
 def _validate(a: argparse.Namespace) -> int:
+    if a.processes > 1:
+        return _validate_processes(a)
     from space import SPACES
     from .predict import Predictor
     from .validate import format_report, validate, write_report
@@ -192,6 +217,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     v.add_argument("--max-load", type=float, help="time a group again if other processes used more of "
                    "the CPU meanwhile (default: the table's build setting)")
     v.add_argument("--max-wait", type=float, help="seconds to wait for calm per group (default: the table's)")
+    v.add_argument("--processes", type=int, default=1, help="validate in this many separate processes, --gap s "
+                   "apart, and report the spread and the machine's noise floor (resumable; needs --out)")
+    v.add_argument("--gap", type=float, default=120.0, help="seconds between the processes (default 120)")
     v.add_argument("--quiet", action="store_true")
     s = sub.add_parser("show", help="print a table's metadata and its largest entries")
     s.add_argument("table")

@@ -145,3 +145,27 @@ def test_an_unreadable_cached_table_is_set_aside_and_a_new_one_grown(tmp_path, m
     ms = pred.predict(parts)  # times what it lacks, writes it back
     again = Predictor.load(path)
     assert ms > 0 and not again.missing(parts) and again.meta["reference"]["ms"]
+
+
+def test_validation_in_separate_processes_reports_spread_and_noise_floor(table, tmp_path):
+    """``validate --processes 2``: two fresh processes time the same networks with the search's own
+    start-up calibration; the report gives each one's figures and the noise floor, and a rerun
+    (a run cut short) times nothing again."""
+    out = tmp_path / "val.txt"
+    cmd = [sys.executable, "-m", "nas.latency", "validate", str(table), "--samples", "4", "--group", "4",
+           "--rounds", "3", "--anchors", "2", "--processes", "2", "--gap", "0", "--max-load", "1", "--out", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    text = out.read_text()
+    assert text.startswith("$ python -m nas.latency validate") and "noise floor" in text
+    summary = json.loads(text[text.index("\n{"):])
+    assert summary["processes"] == 2 and len(summary["per_process"]) == 2
+    rows = pd.concat([pd.read_csv(tmp_path / "val.processes" / f"process{i}.csv") for i in range(2)])
+    assert rows.groupby("arch").size().eq(2).all()  # the same 4 networks in both processes
+    assert 0 <= summary["noise_floor"]["within10_pct"] <= 100
+    lo, hi = summary["startup_interval_pct"]
+    assert lo <= hi and lo <= rows.startup_err_pct.max() and hi >= rows.startup_err_pct.min()
+    before = [(tmp_path / "val.processes" / f"process{i}.csv").stat().st_mtime_ns for i in range(2)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and r.stdout.count("done before") == 2
+    assert before == [(tmp_path / "val.processes" / f"process{i}.csv").stat().st_mtime_ns for i in range(2)]
