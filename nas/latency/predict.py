@@ -31,7 +31,6 @@ from .model import LatencyModel
 from .table import Table, load as load_table, sha256_file, shapes_text
 
 
-
 @dataclass
 class Calibration:
     """One timing of a table's anchors: what every prediction made under it is rescaled by."""
