@@ -208,6 +208,31 @@ def test_ray_trial_whose_worker_died_is_scored_in_the_driver(ray_session, tmp_pa
     assert d["rescued"] == 2 and d["retried"] == 2  # one retry each, then the rescue
 
 
+def dies_once_score(driver_pid: int, marks: str, arch) -> float:
+    """A Ray worker dies at each candidate's first attempt (a node lost mid-trial); the retry scores."""
+    mark = Path(marks) / arch.arch_hash
+    if os.getpid() != driver_pid and not mark.exists():
+        mark.touch()
+        os._exit(1)
+    return fake_score(arch)
+
+
+def test_ray_retried_trials_keep_their_place_in_the_proposal_order(ray_session, tmp_path, darts):
+    # Tune moves a retried trial to the end of its trial list; numbering by position in that list
+    # shifted the later trials and lost one when a node was killed (CI, tests/test_ray_cluster.py)
+    n, kw = 6, dict(sampler="random", concurrency=2, retries=2)
+    plain = collect(ray_driver(tmp_path, "plain", **kw), problem(darts, budget="50MFLOPs"), n, seed=4)
+    (tmp_path / "marks").mkdir()
+    dying = problem(darts, score=functools.partial(dies_once_score, os.getpid(), str(tmp_path / "marks")),
+                    budget="50MFLOPs")
+    driver = ray_driver(tmp_path, "dying", **kw)
+    recs = collect(driver, dying, n, seed=4)
+    assert [r.number for r in recs] == list(range(n))
+    assert [r.arch.arch_hash for r in recs] == [r.arch.arch_hash for r in plain]  # the seed's trials, in order
+    assert all(r.state == "complete" and r.score == fake_score(r.arch) for r in recs), [r.message for r in recs]
+    assert driver.describe()["retried"] >= n and len(list((tmp_path / "marks").iterdir())) == n
+
+
 def test_ray_options_are_checked():
     pytest.importorskip("ray")
     with pytest.raises(ValueError, match="searcher"):

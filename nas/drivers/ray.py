@@ -142,9 +142,12 @@ class _ConstrainedOptunaSearch(OptunaSearch):
 class _Records(tune.Callback):
     """Runs in this (the driver) process: turns each trial's report into a numbered record.
 
-    Records are passed on in the order the searcher proposed the trials (Tune's trial list), not
-    the order they finish: Tune may start queued trials in any order even one at a time, so this
-    keeps a seed's numbering reproducible; a finished trial waits for its predecessors."""
+    Records are passed on in the order the searcher proposed the trials, not the order they
+    finish: Tune may start queued trials in any order even one at a time, so this keeps a seed's
+    numbering reproducible; a finished trial waits for its predecessors.  The proposal order is
+    Tune's trial list as first seen: a retried trial is moved to the list's end (Tune's
+    ``_requeue_trial``), so positions in the current list shift under a retry (that lost a trial
+    when a node was killed), and each trial keeps the ordinal it was first seen at."""
 
     def __init__(self, on_trial: OnTrial, start: int, problem: Problem):
         self.on_trial, self.number, self.problem = on_trial, start, problem
@@ -152,13 +155,33 @@ class _Records(tune.Callback):
         self.retried = 0  # trials Tune ran again after their worker or node died
         self.rescued = 0  # trials scored in this process after their retries were spent
         self._waiting: Dict[int, TrialRecord] = {}
-        self._next = 0  # index in Tune's trial list of the next record to pass on
+        self._order: Dict[str, int] = {}  # trial id -> its ordinal in the proposal order
+        self._arrivals: set = set()  # ordinals with a record: a retry after a delivered report is not recorded twice
+        self._next = 0  # ordinal of the next record to pass on
 
-    def _arrived(self, trials, trial, rec: TrialRecord) -> None:
-        self._waiting[[t.trial_id for t in trials].index(trial.trial_id)] = rec
+    def _see(self, trials) -> None:
+        # a trial can be retried only after it started, and on_trial_start sees the whole list,
+        # so every trial gets its ordinal before any retry reorders the list
+        for t in trials:
+            self._order.setdefault(t.trial_id, len(self._order))
+
+    def on_step_begin(self, iteration, trials, **info):
+        self._see(trials)
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        self._see(trials)
+
+    def _arrived(self, trials, trial, rec: TrialRecord) -> bool:
+        self._see(trials)
+        i = self._order[trial.trial_id]
+        if i in self._arrivals:
+            return False
+        self._arrivals.add(i)
+        self._waiting[i] = rec
         while self._next in self._waiting:
             self._emit(self._waiting.pop(self._next))
             self._next += 1
+        return True
 
     def _emit(self, rec: TrialRecord) -> None:
         rec.number = self.number
@@ -171,11 +194,11 @@ class _Records(tune.Callback):
             self._emit(self._waiting.pop(i))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        if "record" in result:
+        rec = TrialRecord.from_json(json.loads(result["record"]), numbered=False) if "record" in result else None
+        if rec is not None and self._arrived(trials, trial, rec):
             n = self.per_node.setdefault(str(result.get("node", "?")), {"trials": 0, "problem_fetches": 0})
             n["trials"] += 1
             n["problem_fetches"] += int(bool(result.get("fetched")))
-            self._arrived(trials, trial, TrialRecord.from_json(json.loads(result["record"]), numbered=False))
 
     def on_trial_recover(self, iteration, trials, trial, **info):
         self.retried += 1  # Tune re-queues it; its record comes when the new attempt reports
@@ -183,6 +206,9 @@ class _Records(tune.Callback):
     def on_trial_error(self, iteration, trials, trial, **info):
         # the worker or its node died (Problem.evaluate records a candidate's own errors) and
         # Tune's retries are spent: score the candidate here, so it is not lost
+        self._see(trials)
+        if self._order[trial.trial_id] in self._arrivals:
+            return  # its report had arrived before its node died
         last = "unknown"
         if trial.error_file and os.path.exists(trial.error_file):  # the local copy: storage syncs later
             lines = [ln for ln in Path(trial.error_file).read_text().splitlines() if ln.strip()]
