@@ -134,3 +134,16 @@ def atomic(path: Path) -> Iterator[Path]:
 def write_json(path: Path, obj: Any) -> None:
     with atomic(path) as tmp:
         tmp.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def load_tensors(path: Path, map_location: Any = "cpu") -> Any:
+    """``torch.load`` of tensors and plain data only (a crafted file cannot run code).  Torch warns
+    on any pickle protocol but 2, which every file ``torch.save`` writes is not: that warning
+    would stand before the one-line error a refused file gets, so it is silenced here."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Detected pickle protocol", category=UserWarning)
+        return torch.load(path, map_location=map_location, weights_only=True)

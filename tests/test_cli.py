@@ -163,6 +163,7 @@ def test_a_run_folder_serves_one_process_and_out_must_be_a_folder(tmp_path, caps
     assert "is a file, not a folder" in capsys.readouterr().err and afile.read_text() == "x"
 
 
+@pytest.mark.slow  # about 20 s; .ci/run runs the slow tests
 def test_train_an_exported_arch(runs, capsys):
     from nas.train import main as train_main
 
@@ -184,6 +185,7 @@ def test_train_an_exported_arch(runs, capsys):
     assert weights.keys() == trained.keys() and all(torch.equal(weights[k], trained[k]) for k in weights)
 
 
+@pytest.mark.slow  # about 30 s: a run with --rank-check; .ci/run runs the slow tests
 def test_a_proxy_run_says_what_its_score_is_and_how_far_to_trust_it(tmp_path, capsys):
     rc, out = _run(tmp_path, "zc", extra=["--estimator", "zc:synflow", "--rank-check", "2"])
     assert rc == 0
@@ -226,6 +228,7 @@ def test_a_latency_table_of_another_space_is_refused(tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow  # about 35 s: trains candidates; .ci/run runs the slow tests
 def test_verify_trains_the_best_pairs_and_says_whether_training_agrees(tmp_path, capsys):
     rc, out = _run(tmp_path, "verify", extra=["--estimator", "zc:naswot", "--verify", "2", "--trials", "12"])
     assert rc == 0

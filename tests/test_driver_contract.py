@@ -22,7 +22,12 @@ BACKEND_FILES = {"study.db", "study.db.lock", ".lock", "ray", "nni"}  # the back
 LIMIT = 8.5e6
 
 
-@pytest.fixture(params=drivers.names(), scope="module")
+# the out-of-process backends start worker processes (Ray: about 50 s here); .ci/run runs the slow tests
+OUT_OF_PROCESS = {"ray", "nni"}
+
+
+@pytest.fixture(params=[pytest.param(n, marks=pytest.mark.slow) if n in OUT_OF_PROCESS else n
+                        for n in drivers.names()], scope="module")
 def driver(request):
     try:
         drivers.default_sampler(request.param)  # imports the backend

@@ -141,6 +141,7 @@ def ray_pair(ray_session, tmp_path_factory, darts):
     return tmp, prob, [collect(ray_driver(tmp, name), prob, 8, seed=1) for name in ("a", "b")]
 
 
+@pytest.mark.slow  # Ray starts worker processes: tens of seconds; .ci/run runs the slow tests
 def test_ray_reports_every_trial_and_passes_the_budget_to_optuna(ray_pair):
     import optuna
 
@@ -153,6 +154,7 @@ def test_ray_reports_every_trial_and_passes_the_budget_to_optuna(ray_pair):
     assert (tmp / "a" / "ray" / "tune-0").is_dir()  # Tune's folder inside the run folder
 
 
+@pytest.mark.slow  # Ray starts worker processes: tens of seconds; .ci/run runs the slow tests
 def test_ray_same_seed_same_trials(ray_pair):
     _, _, (a, b) = ray_pair
     assert choices_of(a) == choices_of(b)
@@ -181,6 +183,7 @@ def test_ray_resume_continues_the_study(ray_session, tmp_path, darts):
     assert len(study.trials) == 7  # the sampler saw the earlier trials
 
 
+@pytest.mark.slow  # Ray starts worker processes: tens of seconds; .ci/run runs the slow tests
 def test_ray_failures_are_records(ray_session, tmp_path, darts):
     prob = problem(darts, score=flaky_score, budget="50MFLOPs")
     recs = collect(ray_driver(tmp_path, "f"), prob, 6, seed=0)
@@ -197,6 +200,7 @@ def dying_score(driver_pid: int, arch) -> float:
     return fake_score(arch)
 
 
+@pytest.mark.slow  # Ray starts worker processes: tens of seconds; .ci/run runs the slow tests
 def test_ray_trial_whose_worker_died_is_scored_in_the_driver(ray_session, tmp_path, darts):
     prob = problem(darts, score=functools.partial(dying_score, os.getpid()), budget="50MFLOPs")
     driver = ray_driver(tmp_path, "d", retries=1)
@@ -217,6 +221,7 @@ def dies_once_score(driver_pid: int, marks: str, arch) -> float:
     return fake_score(arch)
 
 
+@pytest.mark.slow  # Ray starts worker processes: tens of seconds; .ci/run runs the slow tests
 def test_ray_retried_trials_keep_their_place_in_the_proposal_order(ray_session, tmp_path, darts):
     # Tune moves a retried trial to the end of its trial list; numbering by position in that list
     # shifted the later trials and lost one when a node was killed (CI, tests/test_ray_cluster.py)
@@ -244,6 +249,7 @@ def test_ray_options_are_checked():
     assert set(drivers.options("ray")) >= {"address", "concurrency", "cpus_per_trial"}
 
 
+@pytest.mark.slow  # Ray starts worker processes: tens of seconds; .ci/run runs the slow tests
 def test_cli_end_to_end_with_ray(ray_session, tmp_path):
     from nas.cli import main
 

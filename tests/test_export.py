@@ -67,6 +67,7 @@ def _fails(fmt):
     return {(role, n) for role, reg in ROLES.items() for n in reg.names() if not support(reg.kind, n, fmt).ok}
 
 
+@pytest.mark.slow  # 20-80 s each: whole networks in every format; .ci/run runs the slow tests
 @pytest.mark.parametrize("name", ["darts_v2", "mobilenet_v2"])
 def test_published_networks_go_out_in_every_format_and_match(name, tmp_path):
     arch = space.preset(name)
@@ -161,6 +162,7 @@ def test_a_module_that_cannot_go_is_named_and_the_other_formats_still_go_out(tmp
             sup._CACHE.pop(("op", "zz_branchy", fmt), None)
 
 
+@pytest.mark.slow  # about 2.5 minutes: every module's support in every format; .ci/run runs the slow tests
 def test_readme_table_of_formats_is_the_registry_today():
     """Generated from the registries: a newly registered module shows up, or this fails."""
     table = markdown_table()
@@ -169,6 +171,7 @@ def test_readme_table_of_formats_is_the_registry_today():
     assert sum(len(r.names()) for r in MODULE_REGISTRIES) == table.count("\n") - 2
 
 
+@pytest.mark.slow  # about 35 s; .ci/run runs the slow tests
 def test_cli_exports_and_refuses_bad_input_in_one_line(tmp_path):
     arch = tmp_path / "a.json"
     sp = space.SPACES["darts"](ops=["skip_connect", "sep_conv_3x3"], fusions=["sum"], channels=8, cells=3)

@@ -105,6 +105,7 @@ def _search(out: Path):
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
+@pytest.mark.slow  # one to two minutes each; .ci/run runs the slow tests
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT], ids=["SIGKILL", "SIGINT"])
 def test_a_search_stopped_at_random_moments_and_resumed_loses_and_repeats_nothing(tmp_path, sig):
     out, rng = tmp_path / "run", random.Random(sig)

@@ -40,6 +40,7 @@ def test_selection_is_in_budget_spread_and_deterministic():
         select_archs(sp, "1MFLOPs", 5, seed=0, pool=20)
 
 
+@pytest.mark.slow  # about 30 s: trains a tiny truth twice; .ci/run runs the slow tests
 def test_truth_resumes_without_retraining_finished_rows(tmp_path):
     out = tmp_path / "truth.csv"
     cfg = TruthConfig(**TINY)
@@ -73,6 +74,7 @@ def test_truth_resumes_without_retraining_finished_rows(tmp_path):
         run_truth(TruthConfig(**{**TINY, "epochs": 2}), out, jobs=1, threads=1, progress=False)
 
 
+@pytest.mark.slow  # about 20 s; .ci/run runs the slow tests
 def test_evaluate_reports_every_figure(tmp_path, capsys):
     out = tmp_path / "truth.csv"
     run_truth(TruthConfig(**{**TINY, "archs": 4, "seeds": 2}), out, jobs=2, threads=1, progress=False)

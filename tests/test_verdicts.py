@@ -82,7 +82,8 @@ def test_bootstrap_and_verdict_rules():
     assert np.isnan(bootstrap_mean([])[0])
 
 
-@pytest.mark.parametrize("name,budget", [("darts", "300MFLOPs"), ("mobile", "300MFLOPs"), ("metaformer", "500MFLOPs"),
+@pytest.mark.parametrize("name,budget", [("darts", "300MFLOPs"), ("mobile", "300MFLOPs"),
+                                         pytest.param("metaformer", "500MFLOPs", marks=pytest.mark.slow),  # about 25 s
                                          ("darts", "1.5Mparams")])
 def test_baselines_are_scaled_by_their_family_rule_to_fit_the_budget(name, budget):
     from nas import flops

@@ -13,7 +13,7 @@ import torch
 
 from space.arch import ArchBase
 
-from ..results import atomic
+from ..results import atomic, load_tensors
 from ..supernet import FAST_FORMAT, accuracy, device_of, recalibrate_bn, train_supernet
 from .base import ESTIMATORS, CheckpointError, Context, Estimator
 
@@ -82,7 +82,7 @@ class SupernetEstimator(Estimator):
             return
         refused = f"{ck} is not a supernet checkpoint this toolkit wrote, refused"
         try:  # tensors and plain data only: a crafted checkpoint cannot run code
-            state = torch.load(ck, map_location=device_of(self.net), weights_only=True)
+            state = load_tensors(ck, map_location=device_of(self.net))
         except Exception as e:
             first = (str(e).strip().splitlines() or [""])[0][:160]
             raise CheckpointError(f"{refused} ({type(e).__name__}: {first}); delete it to train anew") from None

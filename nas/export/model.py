@@ -12,7 +12,7 @@ import space
 
 from ..flops import count, params
 from ..interrupt import requested as stop_requested
-from ..results import atomic, versions, write_json
+from ..results import atomic, load_tensors, versions, write_json
 from . import card as cards
 from .formats import FORMATS, ONNX_OPSET, TOLERANCE, Outcome, export_one, inputs
 from .support import culprits
@@ -31,7 +31,7 @@ def network(arch, weights: Optional[Path] = None, net: Optional[torch.nn.Module]
             net = space.build(arch)
         if weights is not None:
             try:
-                state = torch.load(weights, map_location="cpu", weights_only=True)
+                state = load_tensors(weights)
             except Exception as e:  # noqa: BLE001 - any unreadable file is one line
                 raise ExportFailed(f"cannot read weights {weights}: {str(e).splitlines()[0] if str(e) else e}") from None
             if not isinstance(state, dict):

@@ -69,6 +69,7 @@ def _own_table_run(tmp_path, monkeypatch, args, name="Laptop CPU 9000"):
     return out, cfg, trials, own
 
 
+@pytest.mark.slow  # about 25 s; .ci/run runs the slow tests
 def test_a_run_on_a_machine_without_a_table_times_parts_as_it_meets_them(tmp_path, monkeypatch):
     out, cfg, trials, own = _own_table_run(tmp_path, monkeypatch, ["--budget", "20MFLOPs"])
     assert cfg["latency_table"]["parts_at_start"] == 0
@@ -147,6 +148,7 @@ def test_an_unreadable_cached_table_is_set_aside_and_a_new_one_grown(tmp_path, m
     assert ms > 0 and not again.missing(parts) and again.meta["reference"]["ms"]
 
 
+@pytest.mark.slow  # about 20 s: three processes; .ci/run runs the slow tests
 def test_validation_in_separate_processes_reports_spread_and_noise_floor(table, tmp_path):
     """``validate --processes 2``: two fresh processes time the same networks with the search's own
     start-up calibration; the report gives each one's figures and the noise floor, and a rerun
