@@ -138,8 +138,8 @@ def write_json(path: Path, obj: Any) -> None:
 
 def load_tensors(path: Path, map_location: Any = "cpu") -> Any:
     """``torch.load`` of tensors and plain data only (a crafted file cannot run code).  Torch warns
-    on any pickle protocol but 2, which every file ``torch.save`` writes is not: that warning
-    would stand before the one-line error a refused file gets, so it is silenced here."""
+    when a file's pickle protocol is not the one it writes (a crafted file's, say); that warning
+    would stand before the one-line error the refused file gets, so it is silenced here."""
     import warnings
 
     import torch
