@@ -112,6 +112,9 @@ def test_unknown_driver_option_is_a_one_line_error(tmp_path, capsys):
 
 # ---------------------------------------------------------------- Ray Tune
 
+RAY = pytest.mark.slow  # Ray starts worker processes: tens of seconds a test; .ci/run runs the slow tests
+
+
 @pytest.fixture(scope="module")
 def ray_session():
     ray = pytest.importorskip("ray")
@@ -141,7 +144,7 @@ def ray_pair(ray_session, tmp_path_factory, darts):
     return tmp, prob, [collect(ray_driver(tmp, name), prob, 8, seed=1) for name in ("a", "b")]
 
 
-@pytest.mark.slow  # Ray starts worker processes: tens of seconds; .ci/run runs the slow tests
+@RAY
 def test_ray_reports_every_trial_and_passes_the_budget_to_optuna(ray_pair):
     import optuna
 
@@ -154,7 +157,7 @@ def test_ray_reports_every_trial_and_passes_the_budget_to_optuna(ray_pair):
     assert (tmp / "a" / "ray" / "tune-0").is_dir()  # Tune's folder inside the run folder
 
 
-@pytest.mark.slow  # Ray starts worker processes: tens of seconds; .ci/run runs the slow tests
+@RAY
 def test_ray_same_seed_same_trials(ray_pair):
     _, _, (a, b) = ray_pair
     assert choices_of(a) == choices_of(b)
@@ -183,7 +186,7 @@ def test_ray_resume_continues_the_study(ray_session, tmp_path, darts):
     assert len(study.trials) == 7  # the sampler saw the earlier trials
 
 
-@pytest.mark.slow  # Ray starts worker processes: tens of seconds; .ci/run runs the slow tests
+@RAY
 def test_ray_failures_are_records(ray_session, tmp_path, darts):
     prob = problem(darts, score=flaky_score, budget="50MFLOPs")
     recs = collect(ray_driver(tmp_path, "f"), prob, 6, seed=0)
@@ -193,14 +196,18 @@ def test_ray_failures_are_records(ray_session, tmp_path, darts):
     assert any(r.state == "complete" for r in recs)
 
 
-def dying_score(driver_pid: int, arch) -> float:
-    """Kills the Ray worker process that runs it, as a dead node would; scores in the driver."""
-    if os.getpid() != driver_pid:
+def dying_score(driver_pid: int, arch, marks: str = "") -> float:
+    """Kills the Ray worker process that runs it, as a dead node would; scores in the driver.
+    With ``marks`` (a folder), a worker dies only at each candidate's first attempt: the retry scores."""
+    mark = Path(marks) / arch.arch_hash if marks else None
+    if os.getpid() != driver_pid and (mark is None or not mark.exists()):
+        if mark is not None:
+            mark.touch()
         os._exit(1)
     return fake_score(arch)
 
 
-@pytest.mark.slow  # Ray starts worker processes: tens of seconds; .ci/run runs the slow tests
+@RAY
 def test_ray_trial_whose_worker_died_is_scored_in_the_driver(ray_session, tmp_path, darts):
     prob = problem(darts, score=functools.partial(dying_score, os.getpid()), budget="50MFLOPs")
     driver = ray_driver(tmp_path, "d", retries=1)
@@ -212,23 +219,14 @@ def test_ray_trial_whose_worker_died_is_scored_in_the_driver(ray_session, tmp_pa
     assert d["rescued"] == 2 and d["retried"] == 2  # one retry each, then the rescue
 
 
-def dies_once_score(driver_pid: int, marks: str, arch) -> float:
-    """A Ray worker dies at each candidate's first attempt (a node lost mid-trial); the retry scores."""
-    mark = Path(marks) / arch.arch_hash
-    if os.getpid() != driver_pid and not mark.exists():
-        mark.touch()
-        os._exit(1)
-    return fake_score(arch)
-
-
-@pytest.mark.slow  # Ray starts worker processes: tens of seconds; .ci/run runs the slow tests
+@RAY
 def test_ray_retried_trials_keep_their_place_in_the_proposal_order(ray_session, tmp_path, darts):
     # Tune moves a retried trial to the end of its trial list; numbering by position in that list
     # shifted the later trials and lost one when a node was killed (CI, tests/test_ray_cluster.py)
     n, kw = 6, dict(sampler="random", concurrency=2, retries=2)
     plain = collect(ray_driver(tmp_path, "plain", **kw), problem(darts, budget="50MFLOPs"), n, seed=4)
     (tmp_path / "marks").mkdir()
-    dying = problem(darts, score=functools.partial(dies_once_score, os.getpid(), str(tmp_path / "marks")),
+    dying = problem(darts, score=functools.partial(dying_score, os.getpid(), marks=str(tmp_path / "marks")),
                     budget="50MFLOPs")
     driver = ray_driver(tmp_path, "dying", **kw)
     recs = collect(driver, dying, n, seed=4)
@@ -249,7 +247,7 @@ def test_ray_options_are_checked():
     assert set(drivers.options("ray")) >= {"address", "concurrency", "cpus_per_trial"}
 
 
-@pytest.mark.slow  # Ray starts worker processes: tens of seconds; .ci/run runs the slow tests
+@RAY
 def test_cli_end_to_end_with_ray(ray_session, tmp_path):
     from nas.cli import main
 
