@@ -18,6 +18,7 @@ import pytest
 
 from nas.cli import main as search_main
 from nas.collect import main as collect_main
+from nas.drivers.optuna import storage_of
 from nas.drivers.study import records
 
 from servers.postgres import Postgres, binaries
@@ -60,9 +61,10 @@ def _worker(out: Path, url: str, study: str, *extra: str) -> subprocess.Popen:
 
 
 def _study_or_none(url, study):
-    """The study while workers run (None before the first worker created it)."""
+    """The study while workers run (None before the first worker created it).  One storage for
+    every look: a new one each 50 ms held the server's connections until garbage collection."""
     try:
-        return optuna.load_study(study_name=study, storage=url)
+        return optuna.load_study(study_name=study, storage=storage_of(url))
     except KeyError:
         return None
 
@@ -197,6 +199,26 @@ def test_a_worker_with_other_settings_is_refused(pg, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "other settings" in err[0] and "estimator" in err[0], err
     assert not (tmp_path / "b").exists()
+
+
+def test_opening_a_study_again_holds_no_more_connections(pg):
+    from sqlalchemy import create_engine, text
+
+    from nas.drivers.study import open_study
+
+    url, study = _study_url(pg)
+    probe = create_engine(url, poolclass=__import__("sqlalchemy.pool").pool.NullPool)
+
+    def held():
+        with probe.connect() as c:
+            return c.execute(text("select count(*) from pg_stat_activity where backend_type = 'client backend'")).scalar()
+
+    open_study(url, study, ["maximize"]).get_trials(deepcopy=False)
+    before = held()
+    for _ in range(40):  # a worker opens its study a few times; the tests' pollers many
+        open_study(url, study, create=False).get_trials(deepcopy=False)
+        _study_or_none(url, study).get_trials(deepcopy=False)
+    assert held() <= before + 1, "each opening kept its own connection"
 
 
 def test_sqlite_takes_one_process(tmp_path, capsys):

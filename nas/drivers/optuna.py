@@ -27,6 +27,28 @@ from ..problem import Problem, TrialRecord
 log = logging.getLogger(__name__)
 
 
+_STORAGES: Dict[tuple, object] = {}
+
+
+def storage_of(url: str, heartbeat: Optional[float] = None, grace: Optional[float] = None, on_stale=None):
+    """One RDBStorage, so one connection pool, per server URL and heartbeat in a process.  Optuna
+    builds a new engine for each URL string it is handed, whose connections stay open until the
+    garbage collector finds them: three workers and a poller ran a server out of its 100
+    connections (CI: "too many clients already").  SQLite URLs are not kept: a run started again
+    with ``--fresh`` replaces the file, and a kept engine would write to the deleted one."""
+    import optuna
+
+    key = (url, heartbeat, grace, on_stale)
+    if key in _STORAGES:
+        return _STORAGES[key]
+    kw = dict(heartbeat_interval=int(heartbeat), grace_period=int(grace),
+              heartbeat_stale_trial_callback=on_stale) if heartbeat else {}
+    st = optuna.storages.RDBStorage(url, **kw)
+    if not url.startswith("sqlite"):
+        _STORAGES[key] = st
+    return st
+
+
 class _Failed(Exception):
     """An evaluation that failed; its record is already written, Optuna marks the trial FAIL."""
 
@@ -96,7 +118,8 @@ class OptunaDriver(Driver):
             return run_shared(self, problem, n_trials, seed, on_trial)
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # its per-trial tracebacks: our records say it in a line
         directions = ["maximize" if o.maximize else "minimize" for o in problem.objectives]
-        study = optuna.create_study(storage=self.storage, study_name=self.study_name, directions=directions,
+        study = optuna.create_study(storage=self.storage and storage_of(self.storage),
+                                    study_name=self.study_name, directions=directions,
                                     sampler=self.sampler(seed, n_trials), load_if_exists=True)
         if self.folder is not None:  # a resumed run, or a fresh one killed in its first trial
             from ..results import TrialLog

@@ -67,7 +67,7 @@ from ray import tune  # noqa: E402
 from ray.tune.search.basic_variant import BasicVariantGenerator  # noqa: E402
 from ray.tune.search.optuna import OptunaSearch  # noqa: E402
 
-from .optuna import OptunaDriver  # noqa: E402
+from .optuna import OptunaDriver, storage_of  # noqa: E402
 
 SEARCHERS = ("nsga2", "tpe", "random")
 
@@ -275,7 +275,7 @@ class RayDriver(Driver):
                                          population=self.population).sampler(seed, n_trials))  # --driver optuna's
         return _ConstrainedOptunaSearch(
             metric=[o.name for o in problem.objectives], mode=["max" if o.maximize else "min" for o in problem.objectives],
-            sampler=sampler, storage=optuna.storages.get_storage(self.storage) if self.storage else None,
+            sampler=sampler, storage=storage_of(self.storage) if self.storage else None,
             study_name=self.study_name), None, None
 
     def run(self, problem: Problem, n_trials: int, seed: int, on_trial: OnTrial, start: int = 0) -> None:

@@ -13,7 +13,7 @@ from ..interrupt import requested as stop_requested
 from ..problem import Problem, TrialRecord
 from ..shared import owner_id
 from .base import OnTrial
-from .optuna import _Failed
+from .optuna import _Failed, storage_of
 
 ROW = "row"  # user attribute: the trial's whole record (TrialRecord.to_json)
 CONFIG = "plugnas_config"  # study user attribute: the first worker's config.json
@@ -51,10 +51,8 @@ def open_study(storage: str, name: str, directions: Optional[List[str]] = None, 
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    st = storage
-    if heartbeat:  # on_stale runs only in the worker that failed the stale trial (Optuna decides)
-        st = optuna.storages.RDBStorage(storage, heartbeat_interval=int(heartbeat), grace_period=int(grace),
-                                        heartbeat_stale_trial_callback=on_stale)
+    # on_stale runs only in the worker that failed the stale trial (Optuna decides)
+    st = storage_of(storage, heartbeat, grace, on_stale)
     if not create:
         return optuna.load_study(study_name=name, storage=st, sampler=sampler)
     return optuna.create_study(storage=st, study_name=name, directions=directions, sampler=sampler,
