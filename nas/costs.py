@@ -2,12 +2,15 @@
 latency from a lookup table when one is given."""
 from __future__ import annotations
 
+import logging
 from typing import Any, Dict, Optional
 
 import space
 from space.arch import ArchBase
 
 from .flops import PartCounter
+
+log = logging.getLogger(__name__)
 
 
 class CostModel:
@@ -22,9 +25,13 @@ class CostModel:
         parts = space.parts(arch)
         out: Dict[str, float] = {"flops": self.counter.total(parts), "params": self.counter.params(parts)}
         if self.latency is not None:
-            try:
-                if self.recalibrate:
+            if self.recalibrate:
+                try:
                     self.latency.calibrate(max_age=self.recalibrate, wait=self.latency.waits)
+                except Exception as e:  # anchors that cannot be re-timed now: the last scale stands
+                    log.warning("latency anchors not re-timed (%s: %s); the previous scale stands",
+                                type(e).__name__, e)
+            try:
                 out["latency_ms"] = float(self.latency.predict(parts))
                 out["latency_scale"] = self.latency.last_scale
             except Exception:

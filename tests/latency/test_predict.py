@@ -124,6 +124,14 @@ def test_cost_model_re_anchors_between_trials_and_keeps_each_trials_scale(monkey
         first["latency_ms"] * 1.5 / 1.2)
     assert [c.number for c in p.history] == [0, 1]
 
+    def fails(*a, **k):
+        raise predict_mod.LatencyError("the anchors cannot be built now")
+
+    monkeypatch.setattr(predict_mod, "time_references", fails)
+    p.calibration.when -= 120  # a re-timing that fails keeps the last scale, and the latency
+    third = costs(arch)
+    assert third["latency_scale"] == pytest.approx(1.5) and third["latency_ms"] == second["latency_ms"]
+
 
 def test_fit_recovers_factors():
     rng = np.random.default_rng(0)
