@@ -224,6 +224,8 @@ def _report(s: Dict[str, Any]) -> None:
     b = s.get("best_summary")
     if b:
         lat = f", {b['latency_ms']:.2f} ms" if b.get("latency_ms") is not None else ""
+        if b.get("latency_low_ms") is not None:
+            lat += f" (90%: {b['latency_low_ms']:.1f}-{b['latency_high_ms']:.1f} ms)"
         test = f", test {b['test_acc_inherited']:.3f}" if b.get("test_acc_inherited") is not None else ""
         what = (f"val {b['val_acc']:.3f}{test} (inherited supernet weights)" if b["estimator"] == "supernet" else
                 f"val {b['val_acc']:.3f}" if b.get("val_acc") is not None else f"{b['estimator']} score {b['score']:.4g}")

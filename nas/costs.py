@@ -34,6 +34,9 @@ class CostModel:
             try:
                 out["latency_ms"] = float(self.latency.predict(parts))
                 out["latency_scale"] = self.latency.last_scale
+                b = self.latency.bounds(out["latency_ms"])
+                if b is not None:
+                    out["latency_low_ms"], out["latency_high_ms"] = b
             except Exception:
                 if not lenient:
                     raise

@@ -29,6 +29,10 @@ def plot_pareto(trials: pd.DataFrame, front: pd.DataFrame, constraints: Sequence
     for ax, key in zip(axs[0], axes_keys):
         label, _ = AXES[key]
         ax.scatter(done[key], done.score, s=14, c="0.65", label=f"within budget ({len(done)})", zorder=2)
+        if key == "latency_ms" and "latency_low_ms" in done and done.latency_low_ms.notna().any():
+            b = done[done.latency_low_ms.notna()]  # which candidates are within noise of a latency budget
+            ax.errorbar(b[key], b.score, xerr=[b[key] - b.latency_low_ms, b.latency_high_ms - b[key]], fmt="none",
+                        ecolor="0.8", elinewidth=0.8, zorder=1, label="90% latency interval (validated)")
         if len(over):
             y0 = done.score.min() if len(done) else 0.0
             ax.scatter(over[key], [y0] * len(over), marker="|", s=60, c="tab:red", alpha=0.5,

@@ -41,6 +41,8 @@ class TrialRecord:
     params: Optional[int] = None  # parameter count of the deployed network
     latency_ms: Optional[float] = None
     latency_scale: Optional[float] = None  # the drift scale latency_ms was predicted with (now / table units)
+    latency_low_ms: Optional[float] = None  # the true latency lies in [low, high] 90% of the time (validated)
+    latency_high_ms: Optional[float] = None
     score: Optional[float] = None  # the estimator's; higher ranks better
     val_acc: Optional[float] = None  # the score, where the estimator's score is a validation accuracy
     estimator: str = ""
@@ -67,6 +69,7 @@ class TrialRecord:
     def to_row(self) -> Dict[str, Any]:
         return {"trial": self.number, "arch_hash": self.arch_hash, "params": self.params,
                 "flops": self.flops, "latency_ms": self.latency_ms, "latency_scale": self.latency_scale,
+                "latency_low_ms": self.latency_low_ms, "latency_high_ms": self.latency_high_ms,
                 "score": self.score, "estimator": self.estimator,
                 "val_acc": self.val_acc, "state": self.state, "seconds": round(self.seconds, 3), "message": self.message}
 
@@ -85,7 +88,8 @@ class TrialRecord:
         arch = ArchBase.from_dict(d["arch"]) if d.get("arch") else None
         return cls(number=d["trial"], choices=d.get("choices", {}), state=d["state"], seconds=d["seconds"],
                    arch=arch, arch_hash=d.get("arch_hash", ""), flops=d.get("flops"), params=d.get("params"),
-                   latency_ms=d.get("latency_ms"), latency_scale=d.get("latency_scale"), val_acc=d.get("val_acc"),
+                   latency_ms=d.get("latency_ms"), latency_scale=d.get("latency_scale"),
+                   latency_low_ms=d.get("latency_low_ms"), latency_high_ms=d.get("latency_high_ms"), val_acc=d.get("val_acc"),
                    score=d.get("score", d.get("val_acc")), estimator=d.get("estimator", ""),
                    violations=d.get("violations", {}), message=d.get("message", ""))
 
@@ -106,7 +110,8 @@ def _check_record(d: Any, numbered: bool = True) -> None:
         raise ValueError(f"trial {n}: state must be one of {', '.join(TRIAL_STATES)}, got {d.get('state')!r}")
     if not num(d.get("seconds"), ok_none=False):
         raise ValueError(f"trial {n}: seconds must be a number, got {d.get('seconds')!r}")
-    for key in ("flops", "params", "latency_ms", "latency_scale", "score", "val_acc"):
+    for key in ("flops", "params", "latency_ms", "latency_scale", "latency_low_ms", "latency_high_ms", "score",
+                "val_acc"):
         if not num(d.get(key)):
             raise ValueError(f"trial {n}: {key} must be a number or null, got {d.get(key)!r}")
     for key in ("choices", "violations"):
@@ -173,6 +178,7 @@ class Problem:
             c = self.costs(arch)
             rec.flops, rec.params, rec.latency_ms = int(c["flops"]), int(c["params"]), c.get("latency_ms")
             rec.latency_scale = c.get("latency_scale")
+            rec.latency_low_ms, rec.latency_high_ms = c.get("latency_low_ms"), c.get("latency_high_ms")
             values = {"flops": rec.flops, "params": rec.params, "latency": rec.latency_ms}
             rec.violations = {k.kind: k.violation(values[k.kind]) for k in self.constraints}
             if any(v > 0 for v in rec.violations.values()):

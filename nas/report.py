@@ -11,7 +11,6 @@ are in each estimator's own units, so only runs of one estimator are pooled.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys

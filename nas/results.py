@@ -16,7 +16,8 @@ from typing import Any, Dict, Iterator, List
 
 from .problem import TrialRecord
 
-TRIAL_COLUMNS = ["trial", "arch_hash", "params", "flops", "latency_ms", "latency_scale", "score", "estimator", "val_acc", "state",
+TRIAL_COLUMNS = ["trial", "arch_hash", "params", "flops", "latency_ms", "latency_scale", "latency_low_ms",
+                 "latency_high_ms", "score", "estimator", "val_acc", "state",
                  "seconds", "message"]
 
 

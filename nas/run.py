@@ -33,7 +33,8 @@ from .export.model import export_best
 from .front import best_record, export
 from .flops import CONVENTION
 from .interrupt import requested as stop_requested
-from .latency.choose import choose as choose_latency, open_and_calibrate, wanted as latency_wanted
+from .latency.choose import (choose as choose_latency, latency_config, latency_lines, open_and_calibrate,
+                             wanted as latency_wanted)
 from .baselines import scaled_baselines
 from .plots import plot_modules, plot_pareto
 from .verdicts import PAIR_COLUMNS, module_verdicts, verify_pairs
@@ -231,12 +232,7 @@ def _run(cfg: SearchConfig, collect: bool = False) -> Dict[str, Any]:
         "space": settings,
         "objectives": [dataclasses.asdict(o) for o in objectives],
         "driver": driver.describe(),
-        "latency_table": None if latency is None else {
-            "path": str(latency.path), "sha256": latency.content_hash, "meta": latency.meta,
-            "own": latency.autosave is not None,  # this device's table, grown as the search meets parts
-            "parts_at_start": len(latency),
-            "scale": latency.scale,  # the start-up calibration's plain rescaling (now / table); each trial has its own
-            "calibration_load": latency.calibration_load, "calibration": latency.calibration.to_dict()},
+        "latency_table": latency_config(latency),
         "estimator_fingerprint": est.fingerprint(),
         "seed": cfg.seed,
         "device": {**device_info(), "estimation_device": device},
@@ -256,13 +252,8 @@ def _run(cfg: SearchConfig, collect: bool = False) -> Dict[str, Any]:
     if ds.name == "digits":
         say(f"note: {DIGITS_NOTE}")
     say(f"budget: {'; '.join(c.describe() for c in constraints)}")
-    if latency is not None:
-        role = "constraint/objective" if any(o.name == "latency_ms" for o in objectives) else "reported only"
-        busy = latency.calibration_load
-        own = ", this device's own table: new parts are timed as they come" if latency.autosave else ""
-        say(f"latency: {role}, predicted from {latency.path}{own} (rescaled x{latency.scale:.3f} for this "
-            f"machine's current speed" + (f", timed while other processes used {busy:.0%} of the CPU"
-                                           if busy and busy > 0.1 else "") + ")")
+    for line in latency_lines(latency, objectives):
+        say(line)
 
     phases: Dict[str, float] = {"latency_calibration_s": t_cal}
     t0 = time.time() - t_est
@@ -396,5 +387,6 @@ def finalize(folder: Path, records: List[TrialRecord], objectives, constraints, 
             "best_summary": None if best is None else {
                 "trial": best.number, "score": best.score, "val_acc": best.val_acc, "estimator": best.estimator,
                 "test_acc_inherited": res["tests"].get(best.arch_hash),
-                "flops": best.flops, "params": best.params, "latency_ms": best.latency_ms},
+                "flops": best.flops, "params": best.params, "latency_ms": best.latency_ms,
+                "latency_low_ms": best.latency_low_ms, "latency_high_ms": best.latency_high_ms},
             "folder": str(folder)}

@@ -47,8 +47,8 @@ def test_run_writes_every_output(runs):
     assert cfg["seed"] == 3 and cfg["versions"]["torch"] and cfg["device"]["device"] == "cpu"
     assert cfg["estimation_data"]["name"] == "digits"
     trials = pd.read_csv(out / "trials.csv")
-    assert list(trials.columns[:11]) == ["trial", "arch_hash", "params", "flops", "latency_ms", "latency_scale",
-                                         "score", "estimator", "val_acc", "state", "seconds"]
+    assert list(trials.columns[:13]) == ["trial", "arch_hash", "params", "flops", "latency_ms", "latency_scale",
+                                         "latency_low_ms", "latency_high_ms", "score", "estimator", "val_acc", "state", "seconds"]
     assert (trials.estimator == "supernet").all() and cfg["config"]["estimator"] == "supernet"
     done = trials[trials.state == "complete"]
     assert (done.score == done.val_acc).all()  # the supernet's score is a validation accuracy
@@ -108,7 +108,8 @@ def test_same_seed_same_trials(runs):
     (_, a), (_, b) = runs
     # latency is only reported here (a FLOP budget): it measures the machine at that moment (each run
     # calibrates anew), so its columns (and their scale) may differ; they must not steer the trials
-    ta, tb = (pd.read_csv(p / "trials.csv").drop(columns=["seconds", "latency_ms", "latency_scale"]) for p in (a, b))
+    ta, tb = (pd.read_csv(p / "trials.csv").drop(columns=["seconds", "latency_ms", "latency_scale",
+                                                                   "latency_low_ms", "latency_high_ms"]) for p in (a, b))
     pd.testing.assert_frame_equal(ta, tb)
     assert all(pd.read_csv(p / "trials.csv").latency_ms.notna().all() for p in (a, b))
 

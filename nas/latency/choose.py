@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 import nas.latency as lat  # looked up at call time: tests stand in a table for the shipped ones
 
 from ..checks import RunError
+from .interval import interval_for
 from .local import local_path, open_local
 from .measure import LatencyError, describe, device_identity
 from .predict import Predictor
@@ -86,6 +87,35 @@ def open_and_calibrate(cfg: Any, constraints, pred, sp, say=print) -> Optional[P
                 f"into {pred.path} (reused by later runs)")
             pred = open_local(pred.space, pred.device, pred.threads, progress=cfg.progress)
         search_calibration(pred, sp, judged=want)
+        pred.interval = interval_for(pred.path, pred.content_hash)
     except LatencyError as e:
         return _unavailable(cfg, constraints, e)
     return pred
+
+
+def latency_config(pred: Optional[Predictor]) -> Optional[dict]:
+    """config.json's ``latency_table``: what a run's latency was predicted from, and how."""
+    if pred is None:
+        return None
+    return {"path": str(pred.path), "sha256": pred.content_hash, "meta": pred.meta,
+            "own": pred.autosave is not None,  # this device's table, grown as the search meets parts
+            "parts_at_start": len(pred),
+            "scale": pred.scale,  # the start-up calibration's plain rescaling (now / table); each trial has its own
+            "calibration_load": pred.calibration_load, "calibration": pred.calibration.to_dict(),
+            # the 90% prediction-error interval behind trials.csv's latency_low_ms / latency_high_ms
+            "interval": pred.interval and pred.interval.widened(pred.calibration_load).to_dict()}
+
+
+def latency_lines(pred: Optional[Predictor], objectives) -> List[str]:
+    """What a run says of its latency before it searches."""
+    if pred is None:
+        return []
+    role = "constraint/objective" if any(o.name == "latency_ms" for o in objectives) else "reported only"
+    busy = pred.calibration_load
+    own = ", this device's own table: new parts are timed as they come" if pred.autosave else ""
+    out = [f"latency: {role}, predicted from {pred.path}{own} (rescaled x{pred.scale:.3f} for this machine's "
+           f"current speed" + (f", timed while other processes used {busy:.0%} of the CPU"
+                               if busy and busy > 0.1 else "") + ")"]
+    if pred.interval is not None:
+        out.append(f"latency interval: {pred.interval.widened(busy).describe()}")
+    return out

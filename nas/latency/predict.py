@@ -121,6 +121,7 @@ class Predictor:
         self.waits = True  # whether calibrations wait for a calm machine (the latest explicit call's choice)
         self.calibrated = False
         self.calibration_load: Optional[float] = None
+        self.interval = None  # interval.Interval: the validated prediction error, where a search set it
         self._kind = table.kinds()
         self._raw = table.entries()
         inputs = dict(zip(table.rows["key"].astype(str), table.rows["inputs"].astype(str)))
@@ -200,6 +201,13 @@ class Predictor:
         units = self.units(parts)
         self.last_scale = self.scale_for(units)
         return units * self.last_scale
+
+    def bounds(self, ms: float) -> Optional[Tuple[float, float]]:
+        """(low, high) ms the prediction ``ms`` stands for, 90% of the time, widened for the
+        latest calibration's load; None without an interval."""
+        if self.interval is None:
+            return None
+        return self.interval.widened(self.calibration_load).bounds(ms)
 
     def sum_entries(self, parts: Sequence[Any]) -> float:
         """The naive estimate: raw entries summed (no model, no drift scale)."""

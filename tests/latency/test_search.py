@@ -130,6 +130,12 @@ def test_a_flop_budget_search_does_not_wait_for_a_calm_machine(table, tmp_path, 
     assert trials.latency_ms.notna().any()  # latency still reported, each trial with its scale
     assert (trials.latency_scale.notna() == trials.latency_ms.notna()).all()
     assert summary["latency_calibrations"][0] == cal
+    # this table was never validated: it borrows a shipped table's interval, widened for the load
+    iv = json.loads((out / "config.json").read_text())["latency_table"]["interval"]
+    assert iv["borrowed"] and "no multi-process validation" in iv["why"]
+    assert (iv["load"] > 0) == (cal["load"] > 0.05)
+    t = trials[trials.latency_ms.notna()]
+    assert (t.latency_low_ms < t.latency_ms).all() and (t.latency_ms < t.latency_high_ms).all()
 
 
 def test_an_unreadable_cached_table_is_set_aside_and_a_new_one_grown(tmp_path, monkeypatch):
