@@ -33,6 +33,7 @@ from .export.model import export_best
 from .front import best_record, export
 from .flops import CONVENTION
 from .interrupt import requested as stop_requested
+from .latency.validate import SEARCH_EVERY
 from .latency.choose import (choose as choose_latency, latency_config, latency_lines, open_and_calibrate,
                              wanted as latency_wanted)
 from .baselines import scaled_baselines
@@ -76,7 +77,7 @@ class SearchConfig:
     study: Optional[str] = None  # study name in the storage; None = the run folder's name
     latency_lut: Optional[str] = None  # latency table; None = a shipped table matching this machine, if any
     force_lut: bool = False  # use a latency table measured on another device anyway
-    latency_every: float = 600.0  # re-time the latency anchors between trials when older (s; 0: at start only)
+    latency_every: float = SEARCH_EVERY  # re-time the latency anchors between trials when older (s; 0: at start only)
     threads: int = 0  # torch intra-op threads; 0 = torch's default
     device: str = "auto"  # supernet training/scoring: auto = cuda when available, else cpu (costs never need one)
     resume: bool = False  # continue the run in `out` (same settings) after an interruption

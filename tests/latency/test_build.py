@@ -1,6 +1,8 @@
 """A tiny build on this CPU, its validation, resuming, and finding a shipped table."""
 import json
 
+import numpy as np
+
 import pytest
 import torch
 
@@ -8,7 +10,7 @@ from nas.latency import LatencyError, Predictor, find_shipped_table
 from nas.latency import build as build_mod
 from nas.latency.build import build_table
 from nas.latency.refit import refit_table
-from nas.latency.validate import format_report, validate, write_report
+from nas.latency.validate import SCHEDULES, format_report, in_force, validate, write_report
 from space.registry import SPACES
 
 from latency_tiny import FAST, tiny_table  # tests/latency/latency_tiny.py
@@ -34,8 +36,14 @@ def test_tiny_build_and_validation(tiny, tmp_path):
     assert m["reference"]["ms"][0] > 0 and m["model"]["name"]
     assert (p.table.rows["ms"] > 0).all() and (p.table.rows["n"] >= 5).all()
     assert not tiny.with_name(tiny.name + ".partial").exists()
-    df, summary = validate(p, space, samples=4, rounds=2, max_load=1.0)
+    df, summary = validate(p, space, samples=4, group=2, rounds=2, max_load=1.0)
     assert len(df) == 4 and (df["measured_ms"] > 0).all() and (df["predicted_ms"] > 0).all()
+    # the anchors are re-timed before the second group; each schedule uses the timing in force
+    assert len(summary["anchor_timings"]) == 2 and set(summary["schedules"]) == {f"{e:g}" for e in SCHEDULES}
+    first, second = df[df.group == 0], df[df.group == 1]
+    assert np.allclose(first["every0_ms"], first["startup_ms"]) and np.allclose(second["every600_ms"], second["startup_ms"])
+    rescaled = [u * p.history[-1].scale_for(u) for u in second["units"]]
+    assert np.allclose(second["every0_ms"], rescaled)
     for k in ("rmse_ms", "rmspe_pct", "within5_pct", "within10_pct"):
         assert k in summary and k in summary["sum"] and k in summary["startup"]
     assert summary["rounds"] == 2 and df["startup_ms"].gt(0).all()
@@ -145,3 +153,10 @@ def test_complete_times_parts_of_other_settings_here_only(tiny):
     q.native = False
     with pytest.raises(LatencyError, match="lacks .* part"):
         q.complete(wider)
+
+
+def test_a_schedule_uses_the_anchor_timing_a_search_would_have_in_force():
+    starts, timed = [0, 100, 200, 700, 800], [0, 99, 199, 699, 799]
+    assert in_force(starts, timed, 600) == [0, 0, 0, 3, 3]
+    assert in_force(starts, timed, 120) == [0, 0, 2, 3, 3]
+    assert in_force(starts, timed, 0) == [0, 1, 2, 3, 4]

@@ -171,8 +171,11 @@ def test_validation_in_separate_processes_reports_spread_and_noise_floor(table, 
     rows = pd.concat([pd.read_csv(tmp_path / "val.processes" / f"process{i}.csv") for i in range(2)])
     assert rows.groupby("arch").size().eq(2).all()  # the same 4 networks in both processes
     assert 0 <= summary["noise_floor"]["within10_pct"] <= 100
-    lo, hi = summary["startup_interval_pct"]
-    assert lo <= hi and lo <= rows.startup_err_pct.max() and hi >= rows.startup_err_pct.min()
+    lo, hi = summary["startup_interval_pct"]  # of the schedule a search uses
+    assert summary["interval_schedule"] == "600" and set(summary["schedules_pooled"]) == {"600", "120", "0"}
+    err = 100 * (rows.every600_ms / rows.measured_ms - 1)
+    assert lo <= hi and lo <= err.max() and hi >= err.min()
+    assert "re-timed before every group" in text and "(a search's default)" in text
     before = [(tmp_path / "val.processes" / f"process{i}.csv").stat().st_mtime_ns for i in range(2)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0 and r.stdout.count("done before") == 2
