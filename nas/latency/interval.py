@@ -1,5 +1,6 @@
 """How far a search's predicted latency may be from the time a user would measure: the 90%
-interval of the start-up-calibrated prediction error, validated as a search gets it
+interval of the prediction error under a search's calibration (start-up, then re-timed every
+``--latency-every`` s), validated as a search gets it
 (``python -m nas.latency validate TABLE --processes 3``: separate processes, minutes apart).
 
 The intervals live in ``tables/intervals.json``, one entry per shipped table file, with the
@@ -29,7 +30,7 @@ INTERVALS = Path(__file__).resolve().parent / "tables" / "intervals.json"
 
 @dataclass(frozen=True)
 class Interval:
-    low_pct: float  # 5th percentile of the start-up prediction error (%)
+    low_pct: float  # 5th percentile of the search-calibrated prediction error (%)
     high_pct: float  # 95th percentile
     source: str  # the validation report it comes from
     table: str  # the table file it was validated on

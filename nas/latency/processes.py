@@ -80,6 +80,7 @@ def combine(files: Sequence[Path]) -> Tuple[pd.DataFrame, Dict[str, Any]]:
     # The interval a search's predictions carry: that of the schedule a search re-times on.
     search_key = f"{SEARCH_EVERY:g}"
     search_col = schedule_column(SEARCH_EVERY) if search_key in keys else "startup_ms"
+    # kept under its old key, "startup_interval_pct", which intervals.record and older reports use
     q = np.quantile(100 * (rows[search_col] / rows["measured_ms"] - 1), [0.05, 0.95])
     summary = {"table": summaries[0]["table"], "table_sha256": summaries[0]["table_sha256"],
                "space": summaries[0]["space"], "processes": len(files), "samples": summaries[0]["samples"],
