@@ -97,6 +97,15 @@ class PixelAttention(nn.Module):
         self.pa2 = ReflectConv(2 * C, C, 7, groups=C)
 
     def forward(self, x: torch.Tensor, pattn1: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            # The same conv as two depthwise convs (x_c and p_c each with its own kernel half),
+            # summed: oneDNN's fast kernels cover depthwise convs only, and the grouped conv with
+            # two channels per group trained 4.6-6x slower channels-last (bench/grouped_conv.py).  Inference
+            # keeps the official form, which the latency tables timed.
+            c, w, pad = self.pa2, self.pa2.weight, self.pa2.kernel_size[0] // 2
+            out = (F.conv2d(reflect_pad(x, pad), w[:, :1], c.bias, groups=c.out_channels)
+                   + F.conv2d(reflect_pad(pattn1, pad), w[:, 1:], None, groups=c.out_channels))
+            return torch.sigmoid(out)
         pairs = torch.stack([x, pattn1], dim=2).flatten(1, 2)  # channel order x_0, p_0, x_1, ...
         return torch.sigmoid(self.pa2(pairs))
 

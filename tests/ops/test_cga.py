@@ -100,3 +100,26 @@ def test_tiny_maps_work(hw):
 def test_registrations():
     assert space.ATTENTIONS["cga"] is CGA and space.FUSIONS["cga_fusion"] is CGAFusion
     assert {"cga", "cga_3x3"} <= set(space.OPS.names())
+
+
+@pytest.mark.parametrize("hw", [2, 9])
+def test_pixel_attention_trains_through_depthwise_convs_equal_to_the_grouped_one(hw):
+    """Training uses two depthwise convs (oneDNN's fast kernel) for the 2-per-group conv that
+    inference keeps: same output, same gradients, the same parameters."""
+    from space.ops.cga import PixelAttention
+    torch.manual_seed(0)
+    pa = PixelAttention(6)
+    x, p = torch.randn(2, 6, hw, hw, requires_grad=True), torch.randn(2, 6, hw, hw, requires_grad=True)
+    grouped_calls = []
+    pa.pa2.register_forward_hook(lambda m, i, o: grouped_calls.append(m.training))
+    results = []
+    for train in (True, False):
+        pa.train(train)
+        pa.zero_grad()
+        x.grad = p.grad = None
+        out = pa(x, p)
+        (out * torch.arange(out.numel()).view_as(out).sin()).sum().backward()
+        results.append((out.detach(), x.grad.clone(), p.grad.clone(), pa.pa2.weight.grad.clone(), pa.pa2.bias.grad.clone()))
+    assert grouped_calls == [False]  # the grouped conv ran in inference only
+    for a, b in zip(*results):
+        assert torch.allclose(a, b, atol=1e-6)
