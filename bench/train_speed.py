@@ -4,18 +4,23 @@
 
 For a few random in-budget DARTS architectures it times one training step (forward + backward +
 SGD, batch 64, 32x32) of:
-  * the architecture's path inside the default supernet (8 cells, 16 channels), contiguous
-    (the memory format before this change) and channels-last (now);
-  * the same network stand-alone (``space.build`` of an 8-cell, 16-channel copy), both formats;
+  * the architecture's path inside the default supernet (8 cells, 16 channels) as it trained
+    when the issue was filed (contiguous, every op in its official form: ``official_forms()``),
+    channels-last with the official forms, and as it trains now (channels-last, the ops that
+    have a faster equal training form using it: dilated depthwise convs, CGA's pixel attention);
+  * the same network stand-alone (``space.build`` of an 8-cell, 16-channel copy), before and now;
   * the reduced copy the ground truth and the ``train`` / ``zc:`` estimators use (5 cells, 8 ch),
     and the path in a supernet of that size (``supernet_cells=5 supernet_channels=8``);
 and the scoring of one candidate by the supernet (batch-norm recalibration on 4 batches of 64
-and 1,017 validation images), both formats.  Medians over ``--steps`` timed steps after one
-warm-up; ratios are of images/s.
+and 1,017 validation images), before and now.  The training configurations of an architecture
+are timed interleaved, one step of each in turn per round, so that this VM's drift enters them
+alike; medians over ``--steps`` timed rounds after one warm-up round; ratios are of images/s.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import copy
 import dataclasses
 import random
 import shlex
@@ -31,30 +36,55 @@ import space  # noqa: E402
 from nas.costs import CostModel  # noqa: E402
 from nas.estimators import reduced_arch  # noqa: E402
 from space.darts import DartsSpace  # noqa: E402
+from space.ops.common import official_forms  # noqa: E402
 
 CL, CT = torch.channels_last, torch.contiguous_format
 
 
-def _step_rate(net, set_arch, fmt, steps, batch=64):
-    net = net.to(memory_format=fmt).train()
-    opt = torch.optim.SGD(net.parameters(), lr=0.01, momentum=0.9)
-    x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=fmt)
-    y = torch.randint(0, 10, (batch,))
-    times = []
-    for i in range(steps + 1):
-        set_arch()
-        t = time.perf_counter()
-        loss = torch.nn.functional.cross_entropy(net(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if i:
-            times.append(time.perf_counter() - t)
-    return batch / statistics.median(times)
+def _forms(official: bool):
+    return official_forms() if official else contextlib.nullcontext()
+
+
+class _Trainer:
+    """One network in one memory format with its own optimizer, so that configurations can be
+    timed a step each in turn (drift on this VM enters every configuration alike)."""
+
+    def __init__(self, net, set_arch, fmt, official, batch=64):
+        self.net, self.set_arch, self.official = net.to(memory_format=fmt).train(), set_arch, official
+        self.opt = torch.optim.SGD(self.net.parameters(), lr=0.01, momentum=0.9)
+        self.x = torch.randn(batch, 3, 32, 32).contiguous(memory_format=fmt)
+        self.y = torch.randint(0, 10, (batch,))
+        self.times = []
+
+    def step(self, timed: bool) -> None:
+        with _forms(self.official):
+            self.set_arch()
+            t = time.perf_counter()
+            loss = torch.nn.functional.cross_entropy(self.net(self.x), self.y)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+        if timed:
+            self.times.append(time.perf_counter() - t)
+
+    def rate(self) -> float:
+        return self.x.shape[0] / statistics.median(self.times)
+
+
+def _interleaved(trainers: dict, steps: int) -> dict:
+    for i in range(steps + 1):  # the first round warms up
+        for tr in trainers.values():
+            tr.step(timed=i > 0)
+    return {k: tr.rate() for k, tr in trainers.items()}
 
 
 @torch.no_grad()
-def _score_seconds(net, fmt, n_calib=256, n_val=1017, batch=256):
+def _score_seconds(net, fmt, n_calib=256, n_val=1017, batch=256, official=False):
+    with _forms(official):
+        return _score(net, fmt, n_calib, n_val, batch)
+
+
+def _score(net, fmt, n_calib, n_val, batch):
     net = net.to(memory_format=fmt)
     t = time.perf_counter()
     net.train()
@@ -81,34 +111,42 @@ def main() -> None:
         if costs(arch)["flops"] <= 300e6:
             archs.append(arch)
     torch.manual_seed(0)
-    sup = sp.supernet(10, (3, 32, 32))
+    sup = {"ct": sp.supernet(10, (3, 32, 32))}
+    sup["cl"] = copy.deepcopy(sup["ct"])
     narrow = DartsSpace(supernet_channels=8, supernet_cells=5).supernet(10, (3, 32, 32))
     rows = []
     for arch in archs:
         alone = space.build(dataclasses.replace(arch, channels=16, cells=8), deploy=False)
         small = space.build(reduced_arch(arch, (3, 32, 32), 10), deploy=False)
         r = {"macs": CostModel()(dataclasses.replace(arch, channels=16, cells=8))["flops"] / 1e6}
-        for tag, fmt in (("ct", CT), ("cl", CL)):
-            r[f"super_{tag}"] = _step_rate(sup, lambda: sup.set_active(arch), fmt, a.steps)
-            r[f"alone_{tag}"] = _step_rate(alone, lambda: None, fmt, a.steps)
-            sup.set_active(arch)
-            r[f"score_{tag}"] = _score_seconds(sup, fmt)
-        r["small_cl"] = _step_rate(small, lambda: None, CL, a.steps)
-        r["narrow_cl"] = _step_rate(narrow, lambda: narrow.set_active(arch), CL, a.steps)
+        on = {k: (lambda n=n: n.set_active(arch)) for k, n in sup.items()}
+        r.update(_interleaved({
+            "super_ct": _Trainer(sup["ct"], on["ct"], CT, True),
+            "super_clo": _Trainer(sup["cl"], on["cl"], CL, True),
+            "super_cl": _Trainer(sup["cl"], on["cl"], CL, False),
+            "alone_ct": _Trainer(copy.deepcopy(alone), lambda: None, CT, True),
+            "alone_cl": _Trainer(alone, lambda: None, CL, False),
+            "small_cl": _Trainer(small, lambda: None, CL, False),
+            "narrow_cl": _Trainer(narrow, lambda: narrow.set_active(arch), CL, False)}, a.steps))
+        for tag, fmt, official in (("ct", CT, True), ("cl", CL, False)):
+            sup[tag].set_active(arch)
+            r[f"score_{tag}"] = _score_seconds(sup[tag], fmt, official=official)
         rows.append(r)
     lines = []
     if a.out:
         lines += ["$ python bench/train_speed.py " + " ".join(shlex.quote(x) for x in sys.argv[1:]), ""]
     lines.append(f"torch {torch.__version__}, {a.threads} threads, batch 64 at 32x32; images/s of one training step")
-    lines.append(f"{'path MACs':>9} | {'supernet':>8} {'-> CL':>7} {'x':>5} | {'alone':>7} {'-> CL':>7} | "
-                 f"{'super/alone':>11} | {'reduced CL':>10} {'narrow super CL':>15} | {'score s':>7} {'-> CL':>6}")
+    lines.append(f"{'path MACs':>9} | {'supernet':>8} {'CL only':>7} {'now':>7} {'x':>5} | {'alone':>7} {'now':>7} | "
+                 f"{'alone/super':>11} | {'reduced now':>11} {'narrow super now':>16} | {'score s':>7} {'now':>6}")
     for r in rows:
-        lines.append(f"{r['macs']:>8.0f}M | {r['super_ct']:>8.1f} {r['super_cl']:>7.1f} {r['super_cl'] / r['super_ct']:>5.2f} | "
+        lines.append(f"{r['macs']:>8.0f}M | {r['super_ct']:>8.1f} {r['super_clo']:>7.1f} {r['super_cl']:>7.1f} "
+                     f"{r['super_cl'] / r['super_ct']:>5.2f} | "
                      f"{r['alone_ct']:>7.1f} {r['alone_cl']:>7.1f} | {r['alone_cl'] / r['super_cl']:>11.2f} | "
-                     f"{r['small_cl']:>10.1f} {r['narrow_cl']:>15.1f} | {r['score_ct']:>7.1f} {r['score_cl']:>6.1f}")
+                     f"{r['small_cl']:>11.1f} {r['narrow_cl']:>16.1f} | {r['score_ct']:>7.1f} {r['score_cl']:>6.1f}")
     med = lambda k: statistics.median(r[k] for r in rows)  # noqa: E731
     lines.append(f"median: supernet step {med('super_ct'):.1f} -> {med('super_cl'):.1f} images/s "
-                 f"({med('super_cl') / med('super_ct'):.2f}x); stand-alone / supernet step "
+                 f"({statistics.median(r['super_cl'] / r['super_ct'] for r in rows):.2f}x; channels-last alone "
+                 f"{statistics.median(r['super_clo'] / r['super_ct'] for r in rows):.2f}x); stand-alone / supernet step "
                  f"{statistics.median(r['alone_cl'] / r['super_cl'] for r in rows):.2f}x (channels-last); "
                  f"reduced copy {med('small_cl'):.1f} images/s ({med('small_cl') / med('super_ct'):.1f}x the old "
                  f"supernet path); narrow supernet (5 cells, 8 ch) {med('narrow_cl'):.1f} images/s "

@@ -55,7 +55,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import OPS
-from .common import Adapted, check_stride
+from .common import Adapted, DilatedDWConv, check_stride
 from ..registry import NECKS
 
 
@@ -74,8 +74,8 @@ class FocalNeXtBlock(nn.Module):
         pad = kernel_size // 2
         self.dw = nn.Conv2d(C, C, kernel_size, padding=pad, groups=C)
         self.norm1 = LayerNorm2d(C, eps=1e-6)
-        self.dw_dilated = nn.Conv2d(C, C, kernel_size, padding=pad * dilation, dilation=dilation,
-                                    groups=C)
+        self.dw_dilated = DilatedDWConv(C, C, kernel_size, padding=pad * dilation, dilation=dilation,
+                                        groups=C)
         self.norm2 = LayerNorm2d(C, eps=1e-6)
         self.pw1 = nn.Conv2d(C, expansion * C, 1)
         self.pw2 = nn.Conv2d(expansion * C, C, 1)

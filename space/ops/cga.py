@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import FUSIONS
-from .common import register_attention
+from .common import fast_forms, register_attention
 
 
 def _reflect_along(x: torch.Tensor, p: int, dim: int) -> torch.Tensor:
@@ -97,7 +97,7 @@ class PixelAttention(nn.Module):
         self.pa2 = ReflectConv(2 * C, C, 7, groups=C)
 
     def forward(self, x: torch.Tensor, pattn1: torch.Tensor) -> torch.Tensor:
-        if self.training:
+        if fast_forms(self):
             # The same conv as two depthwise convs (x_c and p_c each with its own kernel half),
             # summed: oneDNN's fast kernels cover depthwise convs only, and the grouped conv with
             # two channels per group trained 4.6-6x slower channels-last (bench/grouped_conv.py).  Inference

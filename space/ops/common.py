@@ -7,7 +7,8 @@ DARTS network and is counted like any other op.
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Optional
+import contextlib
+from typing import Callable, Iterable, Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -126,6 +127,78 @@ def register_attention(name: str, ctor: Callable[..., nn.Module], *, tags: Itera
             make.__doc__ = f"{k}x{k} ReLUConvBN then the {name} attention plug-in."
             OPS.register(op_name, make, tags=tags | {"attention"}, **meta)
     return ctor
+
+
+class _Forms:
+    fast = True  # a class attribute, not a global list: the .py export copies classes as source
+
+
+@contextlib.contextmanager
+def official_forms() -> Iterator[None]:
+    """Within this block, ops that train through a faster equal form (``DilatedDWConv``, CGA's
+    pixel attention) train through their official form instead: for benchmarks against the
+    official form and for checking the equality."""
+    was, _Forms.fast = _Forms.fast, False
+    try:
+        yield
+    finally:
+        _Forms.fast = was
+
+
+def fast_forms(module: nn.Module) -> bool:
+    """Whether ``module`` should run its faster equal training form now."""
+    return module.training and _Forms.fast
+
+
+def _dilated_as_undilated(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor], d: int,
+                          q: int) -> torch.Tensor:
+    """A stride-1 depthwise conv with dilation d and zero padding d*q, computed as one undilated
+    conv (padding q) over the d*d sub-grids of x folded into the batch: output pixel (d*u + r,
+    d*v + s) only reads input pixels of residue (r, s), so each sub-grid is an ordinary conv."""
+    B, C, H, W = x.shape
+    Hp, Wp = -(-H // d) * d, -(-W // d) * d
+    if (Hp, Wp) != (H, W):  # zero rows/columns past the edge are what the conv's padding reads
+        x = F.pad(x, (0, Wp - W, 0, Hp - H))
+    h, v = Hp // d, Wp // d
+    z = x.reshape(B, C, h, d, v, d).permute(0, 3, 5, 1, 2, 4).reshape(B * d * d, C, h, v)
+    pad = q
+    if min(h, v) < w.shape[-1]:  # oneDNN's backward is slow where the kernel outgrows the map
+        z, pad = F.pad(z, (q, q, q, q)), 0  # unless the padding is explicit (LKA at 16x16: 1.2x)
+    y = F.conv2d(z.contiguous(memory_format=torch.channels_last), w, b, padding=pad, groups=C)
+    y = y.reshape(B, d, d, C, h, v).permute(0, 3, 4, 1, 5, 2).reshape(B, C, Hp, Wp)
+    return y[:, :, :H, :W]
+
+
+class DilatedDWConv(nn.Conv2d):
+    """A depthwise dilated conv with 'same' zero padding (LKA's 7x7 d3, CFNet's, DARTS'
+    ``dil_conv``): an ``nn.Conv2d`` in parameters, state dict, counting and inference, trained
+    through an equal undilated form.
+
+    oneDNN on CPU has no fast kernel for dilated depthwise convs: channels-last, forward+backward
+    of the LKA op at 16 channels 32x32 ran 3.7x faster, and DARTS' ``dil_conv_5x5`` at stride 2
+    4.1x, with the conv computed as an undilated one over the d*d sub-grids folded into the batch,
+    or over the one sub-grid a stride-d conv reads (``bench/dilated_conv.py``).  Below 5 pixels
+    per sub-grid side the fold stops paying for kernels over 3x3 (LKA at 8x8: 1.2x slower), and
+    the plain conv runs.  Inference keeps the official form, which the latency tables timed."""
+
+    def _fast(self) -> bool:
+        (k, k2), (d, d2), (p, p2), (s, s2) = self.kernel_size, self.dilation, self.padding, self.stride
+        return (fast_forms(self) and d > 1 and (k, d, p, s) == (k2, d2, p2, s2) and p == d * (k // 2)
+                and k % 2 == 1 and s in (1, d) and self.groups == self.in_channels == self.out_channels
+                and self.padding_mode == "zeros")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._fast():
+            return super().forward(x)
+        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not \
+            x.is_contiguous() else torch.contiguous_format
+        d, q, k = self.dilation[0], self.kernel_size[0] // 2, self.kernel_size[0]
+        if self.stride[0] == d:  # only the sub-grid of residue (0, 0) is read
+            z = x[:, :, ::d, ::d].contiguous(memory_format=torch.channels_last)
+            return F.conv2d(z, self.weight, self.bias, padding=q, groups=self.groups).contiguous(memory_format=fmt)
+        if -(-min(x.shape[-2:]) // d) >= 5 or k <= 3:
+            return _dilated_as_undilated(x, self.weight, self.bias, d, q).contiguous(memory_format=fmt)
+        return super().forward(x)
 
 
 class DWConv(nn.Sequential):

@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..registry import FUSIONS, OPS
-from .common import FactorizedReduce, ReLUConvBN, Zero, check_stride, project
+from .common import DilatedDWConv, FactorizedReduce, ReLUConvBN, Zero, check_stride, project
 
 
 class SepConv(nn.Sequential):
@@ -44,7 +44,7 @@ class DilConv(nn.Sequential):
         pad = dilation * (kernel_size - 1) // 2
         super().__init__(
             nn.ReLU(inplace=False),
-            nn.Conv2d(C_in, C_in, kernel_size, stride, pad, dilation=dilation, groups=C_in, bias=False),
+            DilatedDWConv(C_in, C_in, kernel_size, stride, pad, dilation=dilation, groups=C_in, bias=False),
             nn.Conv2d(C_in, C_out, 1, bias=False),
             nn.BatchNorm2d(C_out),
         )

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ..registry import OPS, TOKEN_MIXERS
-from .common import Adapted, check_stride, register_attention
+from .common import Adapted, DilatedDWConv, check_stride, register_attention
 
 
 def _van_init(module: nn.Module) -> None:
@@ -50,7 +50,7 @@ class LKA(nn.Module):
     def __init__(self, C: int):
         super().__init__()
         self.conv0 = nn.Conv2d(C, C, 5, padding=2, groups=C)
-        self.conv_spatial = nn.Conv2d(C, C, 7, padding=9, dilation=3, groups=C)
+        self.conv_spatial = DilatedDWConv(C, C, 7, padding=9, dilation=3, groups=C)
         self.conv1 = nn.Conv2d(C, C, 1)
         _van_init(self)
 

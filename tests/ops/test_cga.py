@@ -7,6 +7,7 @@ from torch import nn
 import space
 from nas import flops
 from space.ops.cga import CGA, CGAFusion, reflect_pad
+from space.ops.common import official_forms
 
 
 def test_cgafusion_params():
@@ -121,5 +122,8 @@ def test_pixel_attention_trains_through_depthwise_convs_equal_to_the_grouped_one
         (out * torch.arange(out.numel()).view_as(out).sin()).sum().backward()
         results.append((out.detach(), x.grad.clone(), p.grad.clone(), pa.pa2.weight.grad.clone(), pa.pa2.bias.grad.clone()))
     assert grouped_calls == [False]  # the grouped conv ran in inference only
+    with official_forms():
+        pa.train()(x, p)
+    assert grouped_calls == [False, True]
     for a, b in zip(*results):
         assert torch.allclose(a, b, atol=1e-6)
