@@ -28,6 +28,11 @@ class Objective:
     name: str  # a TrialRecord metric: score, flops, params, latency_ms
     maximize: bool
 
+    @property
+    def direction(self) -> str:
+        """Optuna's word for it."""
+        return "maximize" if self.maximize else "minimize"
+
 
 @dataclass
 class TrialRecord:

@@ -242,7 +242,7 @@ def _run(cfg: SearchConfig, collect: bool = False) -> Dict[str, Any]:
     }
     if shared:  # every worker of the study has these settings, or is refused before it writes
         try:
-            bind(storage, study_name, config, [("maximize" if o.maximize else "minimize") for o in objectives])
+            bind(storage, study_name, config, [o.direction for o in objectives])
         except ValueError as e:
             raise RunError(str(e)) from None
         config["study"] = {"name": study_name, "collected": collect, "worker": owner_id()}
@@ -308,7 +308,7 @@ def _run(cfg: SearchConfig, collect: bool = False) -> Dict[str, Any]:
         if collect and not records:
             raise RunError(f"study {study_name!r} has no finished trial yet")
         tlog.rewrite(records)
-        slow_parts = collect or interrupted or last in (None, owner_id())
+        slow_parts = collect or last in (None, owner_id())  # an interrupted run writes them on --resume
         if not slow_parts:
             say(f"module verdicts and the export of this study are written by worker {last}, or by nas.collect")
 

@@ -117,7 +117,7 @@ class OptunaDriver(Driver):
 
             return run_shared(self, problem, n_trials, seed, on_trial)
         optuna.logging.set_verbosity(optuna.logging.ERROR)  # its per-trial tracebacks: our records say it in a line
-        directions = ["maximize" if o.maximize else "minimize" for o in problem.objectives]
+        directions = [o.direction for o in problem.objectives]
         study = optuna.create_study(storage=self.storage and storage_of(self.storage),
                                     study_name=self.study_name, directions=directions,
                                     sampler=self.sampler(seed, n_trials), load_if_exists=True)

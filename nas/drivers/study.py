@@ -89,33 +89,32 @@ def study_config(storage: str, name: str) -> Dict[str, Any]:
     return cfg
 
 
-def records(study) -> List[TrialRecord]:
+def _finished(trials) -> list:
+    """(trial, its record's JSON) for every finished trial that holds a record."""
+    return [(t, t.user_attrs[ROW]) for t in trials if t.state.is_finished() and t.user_attrs.get(ROW) is not None]
+
+
+def records(study, finished: Optional[list] = None) -> List[TrialRecord]:
     """Every finished trial's record, once (a killed trial's record that was added back appears
     in two trials), in trial order."""
     out: Dict[int, TrialRecord] = {}
-    for t in study.get_trials(deepcopy=False):
-        row = t.user_attrs.get(ROW)
-        if row is not None and t.state.is_finished():
-            rec = TrialRecord.from_json(row)
-            out.setdefault(rec.number, rec)
+    for _, row in finished if finished is not None else _finished(study.get_trials(deepcopy=False)):
+        rec = TrialRecord.from_json(row)
+        out.setdefault(rec.number, rec)
     return [out[k] for k in sorted(out)]
 
 
-def last_worker(study) -> Optional[str]:
+def last_worker(finished: list) -> Optional[str]:
     """The worker that wrote the study's highest-numbered record: of the workers that end with one
     finished study, the one that writes the slow parts (verdicts, export); the others leave them."""
-    best = None
-    for t in study.get_trials(deepcopy=False):
-        row = t.user_attrs.get(ROW)
-        if row is not None and t.state.is_finished() and (best is None or row["trial"] > best[0]):
-            best = (row["trial"], t.user_attrs.get("worker"))
-    return best and best[1]
+    best = max(finished, key=lambda tr: tr[1]["trial"], default=None)
+    return best and best[0].user_attrs.get("worker")
 
 
 def study_results(storage: str, name: str):
-    """(every finished record, the worker of the last one)."""
-    study = open_study(storage, name, create=False)
-    return records(study), last_worker(study)
+    """(every finished record, the worker of the last one), from one read of the trials."""
+    finished = _finished(open_study(storage, name, create=False).get_trials(deepcopy=False))
+    return records(None, finished), last_worker(finished)
 
 
 def _count(study, before: int):
@@ -140,7 +139,7 @@ def run_shared(driver, problem: Problem, n_trials: int, seed: int, on_trial: OnT
     from optuna.storages import fail_stale_trials
     from optuna.trial import TrialState
 
-    directions = ["maximize" if o.maximize else "minimize" for o in problem.objectives]
+    directions = [o.direction for o in problem.objectives]
 
     def add_back(study, trial) -> None:
         # a trial failed as stale whose record was written: what it found is not lost
