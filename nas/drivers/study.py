@@ -94,11 +94,15 @@ def _finished(trials) -> list:
     return [(t, t.user_attrs[ROW]) for t in trials if t.state.is_finished() and t.user_attrs.get(ROW) is not None]
 
 
-def records(study, finished: Optional[list] = None) -> List[TrialRecord]:
+def records(study) -> List[TrialRecord]:
     """Every finished trial's record, once (a killed trial's record that was added back appears
     in two trials), in trial order."""
+    return _records(_finished(study.get_trials(deepcopy=False)))
+
+
+def _records(finished: list) -> List[TrialRecord]:
     out: Dict[int, TrialRecord] = {}
-    for _, row in finished if finished is not None else _finished(study.get_trials(deepcopy=False)):
+    for _, row in finished:
         rec = TrialRecord.from_json(row)
         out.setdefault(rec.number, rec)
     return [out[k] for k in sorted(out)]
@@ -114,7 +118,7 @@ def last_worker(finished: list) -> Optional[str]:
 def study_results(storage: str, name: str):
     """(every finished record, the worker of the last one), from one read of the trials."""
     finished = _finished(open_study(storage, name, create=False).get_trials(deepcopy=False))
-    return records(None, finished), last_worker(finished)
+    return _records(finished), last_worker(finished)
 
 
 def _count(study, before: int):
