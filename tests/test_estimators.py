@@ -13,7 +13,8 @@ from nas.estimators.train import promote, rungs, successive_halving
 from space.darts import DARTS_V2, Cell, DartsSpace
 
 OPS = ["skip_connect", "max_pool_3x3", "sep_conv_3x3", "dil_conv_3x3"]
-FAST = {"supernet": {"epochs": 1}, "train": {"min_epochs": 1, "max_epochs": 2, "eta": 2}}
+FAST = {"supernet": {"epochs": 1}, "train": {"min_epochs": 1, "max_epochs": 2, "eta": 2},
+        "zc:vote": {"reference": 4}}  # 4 reference architectures, not 32: the contract, not the quality
 
 
 @pytest.fixture(scope="module")
