@@ -19,7 +19,6 @@ alike; medians over ``--steps`` timed rounds after one warm-up round; ratios are
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import dataclasses
 import random
@@ -41,10 +40,6 @@ from space.ops.common import official_forms  # noqa: E402
 CL, CT = torch.channels_last, torch.contiguous_format
 
 
-def _forms(official: bool):
-    return official_forms() if official else contextlib.nullcontext()
-
-
 class _Trainer:
     """One network in one memory format with its own optimizer, so that configurations can be
     timed a step each in turn (drift on this VM enters every configuration alike)."""
@@ -57,7 +52,7 @@ class _Trainer:
         self.times = []
 
     def step(self, timed: bool) -> None:
-        with _forms(self.official):
+        with official_forms(self.official):
             self.set_arch()
             t = time.perf_counter()
             loss = torch.nn.functional.cross_entropy(self.net(self.x), self.y)
@@ -79,20 +74,16 @@ def _interleaved(trainers: dict, steps: int) -> dict:
 
 
 @torch.no_grad()
-def _score_seconds(net, fmt, n_calib=256, n_val=1017, batch=256, official=False):
-    with _forms(official):
-        return _score(net, fmt, n_calib, n_val, batch)
-
-
-def _score(net, fmt, n_calib, n_val, batch):
+def _score_seconds(net, fmt, official, n_calib=256, n_val=1017, batch=256):
     net = net.to(memory_format=fmt)
     t = time.perf_counter()
-    net.train()
-    for k in range(0, n_calib, 64):
-        net(torch.randn(64, 3, 32, 32).contiguous(memory_format=fmt))
-    net.eval()
-    for k in range(0, n_val, batch):
-        net(torch.randn(min(batch, n_val - k), 3, 32, 32).contiguous(memory_format=fmt))
+    with official_forms(official):
+        net.train()
+        for k in range(0, n_calib, 64):
+            net(torch.randn(64, 3, 32, 32).contiguous(memory_format=fmt))
+        net.eval()
+        for k in range(0, n_val, batch):
+            net(torch.randn(min(batch, n_val - k), 3, 32, 32).contiguous(memory_format=fmt))
     return time.perf_counter() - t
 
 
@@ -130,7 +121,7 @@ def main() -> None:
             "narrow_cl": _Trainer(narrow, lambda: narrow.set_active(arch), CL, False)}, a.steps))
         for tag, fmt, official in (("ct", CT, True), ("cl", CL, False)):
             sup[tag].set_active(arch)
-            r[f"score_{tag}"] = _score_seconds(sup[tag], fmt, official=official)
+            r[f"score_{tag}"] = _score_seconds(sup[tag], fmt, official)
         rows.append(r)
     lines = []
     if a.out:

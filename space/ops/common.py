@@ -134,11 +134,11 @@ class _Forms:
 
 
 @contextlib.contextmanager
-def official_forms() -> Iterator[None]:
-    """Within this block, ops that train through a faster equal form (``DilatedDWConv``, CGA's
-    pixel attention) train through their official form instead: for benchmarks against the
-    official form and for checking the equality."""
-    was, _Forms.fast = _Forms.fast, False
+def official_forms(on: bool = True) -> Iterator[None]:
+    """Within this block (if ``on``), ops that train through a faster equal form
+    (``DilatedDWConv``, CGA's pixel attention) train through their official form instead: for
+    benchmarks against the official form and for checking the equality."""
+    was, _Forms.fast = _Forms.fast, _Forms.fast and not on
     try:
         yield
     finally:
@@ -190,15 +190,16 @@ class DilatedDWConv(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self._fast():
             return super().forward(x)
-        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not \
-            x.is_contiguous() else torch.contiguous_format
         d, q, k = self.dilation[0], self.kernel_size[0] // 2, self.kernel_size[0]
         if self.stride[0] == d:  # only the sub-grid of residue (0, 0) is read
             z = x[:, :, ::d, ::d].contiguous(memory_format=torch.channels_last)
-            return F.conv2d(z, self.weight, self.bias, padding=q, groups=self.groups).contiguous(memory_format=fmt)
-        if -(-min(x.shape[-2:]) // d) >= 5 or k <= 3:
-            return _dilated_as_undilated(x, self.weight, self.bias, d, q).contiguous(memory_format=fmt)
-        return super().forward(x)
+            y = F.conv2d(z, self.weight, self.bias, padding=q, groups=self.groups)
+        elif -(-min(x.shape[-2:]) // d) >= 5 or k <= 3:
+            y = _dilated_as_undilated(x, self.weight, self.bias, d, q)
+        else:
+            return super().forward(x)
+        cl = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        return y.contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
 
 
 class DWConv(nn.Sequential):
