@@ -22,10 +22,9 @@ from dataclasses import replace
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from .base import Part, SearchSpace, whole, wholes
-from .darts_plan import (STEMS, STEPS, Cell, DartsArch, _head_part, _pre_parts, _stem_parts, build, edge_part,
-                         fusion_part, parts, plan)
-from .darts_supernet import DartsSupernet
-from .ops.base import stateful_key
+from .darts_plan import STEMS, STEPS, Cell, DartsArch, bank, build, parts
+from .darts_supernet import supernet
+from .plan import Supernet, bank_parts
 from .registry import FUSIONS, OPS, SPACES
 
 
@@ -200,28 +199,9 @@ class DartsSpace(SearchSpace):
             return replace(c, combine=tuple("sum" if n == name else n for n in c.combine))
         return replace(arch, normal=cell(arch.normal), reduce=cell(arch.reduce))
 
-    def supernet(self, num_classes: int, input_size: Sequence[int]) -> DartsSupernet:
-        return DartsSupernet(self.ops, self.fusions, self.supernet_channels, self.supernet_cells,
-                             num_classes, input_size)
+    def supernet(self, num_classes: int, input_size: Sequence[int]) -> Supernet:
+        return supernet(self.ops, self.fusions, self.supernet_channels, self.supernet_cells, num_classes, input_size)
 
     def all_parts(self) -> Iterator[Part]:
-        c_in, h, w = self.input_size
-        C_stem, layers, C_last = plan(self.channels, self.cells, (h, w), stem=self.stem)
-        seen = set()
-
-        def new(p: Part) -> bool:
-            if p.key in seen:
-                return False
-            seen.add(p.key)
-            return True
-
-        candidates = [*_stem_parts(self.stem, c_in, C_stem, (h, w)),
-                      _head_part(C_last, self.num_classes, layers[-1].hw_out)]
-        for layer in layers:
-            candidates += _pre_parts(layer)
-            for name in self.ops:
-                for prev in ({False, True} if stateful_key(OPS.meta(name)) else {False}):
-                    chain = {stateful_key(OPS.meta(name))} if prev else set()
-                    candidates += [edge_part(name, layer, j, set(chain)) for j in (0, 2)]  # from inputs, from nodes
-            candidates += [fusion_part(f, layer.C, tuple(layer.hw_out)) for f in self.fusions]
-        yield from (p for p in candidates if new(p))
+        return bank_parts(bank(self.ops, self.fusions, self.channels, self.cells, self.input_size,
+                               self.num_classes, self.stem))

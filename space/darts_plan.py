@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import ClassVar, List, Optional, Tuple
+from typing import ClassVar, Iterator, List, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from .arch import ArchBase, ArchError, added_field
-from .base import Part, make_op, part_key
-from .ops import deploy as deploy_ops
-from .ops.base import WithState, link_state, stateful_key
-from .ops.common import FactorizedReduce, ReLUConvBN, drop_path
+from .base import Part, make_op
+from .ops.base import stateful_key
+from .ops.common import FactorizedReduce, ReLUConvBN
+from .plan import Network, Ref, Step
+from .plan import build as finish
+from .plan import parts as plan_parts
 from .registry import FUSIONS, OPS
 
 STEPS = 4  # intermediate nodes per cell, as DARTS
@@ -98,8 +100,8 @@ def _half(hw: Tuple[int, int]) -> Tuple[int, int]:
     return ((hw[0] + 1) // 2, (hw[1] + 1) // 2)
 
 
-def plan(C: int, layers: int, hw: Tuple[int, int], concat_normal: int = STEPS,
-         concat_reduce: int = STEPS, stem: str = "cifar") -> Tuple[int, List[_Layer], int]:
+def layout(C: int, layers: int, hw: Tuple[int, int], concat_normal: int = STEPS,
+           concat_reduce: int = STEPS, stem: str = "cifar") -> Tuple[int, List[_Layer], int]:
     """(stem channels, per-cell layout, channels into the head), as DARTS' NetworkCIFAR, or with
     ``stem="imagenet"`` NetworkImageNet: stem0 (/4, C channels) feeds the first cell's input 0
     through a FactorizedReduce, stem1 (/8) its input 1."""
@@ -157,164 +159,119 @@ class Head(nn.Module):
         return self.classifier(torch.flatten(self.global_pooling(x), 1))
 
 
-class DartsCell(nn.Module):
-    def __init__(self, cell: Cell, layer: _Layer):
-        super().__init__()
-        self.preprocess0 = _preprocess0(layer)
-        self.preprocess1 = ReLUConvBN(layer.C_p, layer.C, 1)
-        self.indices = [i for _, i in cell.edges]
-        self.concat = list(cell.concat)
-        self.ops = nn.ModuleList(layer.edge_op(name, i) for name, i in cell.edges)
-        self.combines = nn.ModuleList(FUSIONS[c](layer.C) for c in cell.combine)
-        self._skip = [isinstance(op, nn.Identity) for op in self.ops]
-
-    def forward(self, s0: torch.Tensor, s1: torch.Tensor, drop_prob: float = 0.0) -> torch.Tensor:
-        states = [self.preprocess0(s0), self.preprocess1(s1)]
-        for i, combine in enumerate(self.combines):
-            hs = []
-            for k in (2 * i, 2 * i + 1):
-                h = self.ops[k](states[self.indices[k]])
-                if self.training and drop_prob > 0 and not self._skip[k]:
-                    h = drop_path(h, drop_prob)
-                hs.append(h)
-            states.append(combine(hs[0], hs[1]))
-        return torch.cat([states[j] for j in self.concat], dim=1)
-
-
-class DartsNetwork(nn.Module):
-    """DARTS' NetworkCIFAR (no auxiliary head: DARTS' published counts exclude it)."""
-
-    def __init__(self, arch: DartsArch):
-        super().__init__()
-        c_in, h, w = arch.input_size
-        C_stem, layers, C_last = plan(arch.channels, arch.cells, (h, w),
-                                      len(arch.normal.concat), len(arch.reduce.concat), arch.stem)
-        self.drop_path_prob = 0.0  # set_drop_path: DARTS uses 0.2, ramped over training
-        if arch.stem == "imagenet":
-            self.stem0, self.stem1 = _stem0(c_in, C_stem), _stem1(C_stem)
-        else:
-            self.stem = _stem(c_in, C_stem)
-        self.cells = nn.ModuleList(DartsCell(arch.reduce if l.reduction else arch.normal, l) for l in layers)
-        self.reductions = [l.reduction for l in layers]
-        self.head = Head(C_last, arch.num_classes)
-        self.state = link_state(self)
-
-    def set_drop_path(self, rate: float, progress: float) -> None:
-        """DARTS' schedule: every edge but skips drops with ``rate`` x the training progress."""
-        self.drop_path_prob = rate * progress
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.state.clear()
-        if hasattr(self, "stem0"):
-            s0 = self.stem0(x)
-            s1 = self.stem1(s0)
-        else:
-            s0 = s1 = self.stem(x)
-        for cell, reduction in zip(self.cells, self.reductions):
-            if reduction:
-                self.state.clear()  # a new stage starts a new attention chain
-            s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
-        return self.head(s1)
-
-
-# -- parts: the same plan, one Part per op instance ------------------------------------------
-
-def _deployed(make):
-    def f() -> nn.Module:
-        return deploy_ops(make()).eval()
-    return f
-
-
-# Parts are frozen and depend only on their arguments: memoised, since a search enumerates the
-# parts of every candidate (for FLOPs and latency) and formatting keys dominated that.
+# -- the plan: the network as steps (space/plan.py runs and costs them) ------------------------
+# Steps are memoised: they depend only on their arguments, and a search plans every candidate.
 _memo = functools.lru_cache(maxsize=65536)
 
 
-def op_part(name: str, C_in: int, C_out: int, stride: int, hw: Tuple[int, int],
-            chain: Optional[set] = None) -> Part:
-    """An edge op; ``chain`` (the network-state names already written in this stage) decides
-    whether a stateful op runs as the start of its chain or continues one."""
-    key = stateful_key(OPS.meta(name))
-    if key is None:
-        return _op_part(name, C_in, C_out, stride, tuple(hw), None)
-    prev = chain is not None and key in chain
-    if chain is not None:
-        chain.add(key)
-    return _op_part(name, C_in, C_out, stride, tuple(hw), prev)
+def _hw(hw: Tuple[int, int]) -> str:
+    return f"{hw[0]}x{hw[1]}"
 
 
 @_memo
-def _op_part(name: str, C_in: int, C_out: int, stride: int, hw: Tuple[int, int], prev: Optional[bool]) -> Part:
-    fields = dict(name=name, cin=C_in, cout=C_out, s=stride, hw=f"{hw[0]}x{hw[1]}")
-    if prev is None:
-        return Part(part_key("op", **fields), name, ((1, C_in, *hw),),
-                    _deployed(lambda: make_op(name, C_in, C_out, stride, hw)))
-    return Part(part_key("op", **fields, prev=int(prev)), name, ((1, C_in, *hw),),
-                _deployed(lambda: WithState(make_op(name, C_in, C_out, stride, hw), prev)))
-
-
-def edge_part(name: str, layer: _Layer, j: int, chain: Optional[set] = None) -> Part:
-    """The op of an edge reading state ``j`` in ``layer`` (see ``_Layer.edge_stride``)."""
-    return op_part(name, layer.C, layer.C, layer.edge_stride(j), layer.edge_hw(j), chain)
-
-
-@_memo
-def fusion_part(name: str, C: int, hw: Tuple[int, int]) -> Part:
-    shape = (1, C, *hw)
-    return Part(part_key("fusion", name=name, c=C, hw=f"{hw[0]}x{hw[1]}"), f"fusion:{name}",
-                (shape, shape), _deployed(lambda: FUSIONS[name](C)))
-
-
-def _stem_parts(stem: str, c_in: int, C: int, hw) -> List[Part]:
+def stem_steps(stem: str, c_in: int, C: int, hw: Tuple[int, int]) -> Tuple[Step, ...]:
     if stem == "cifar":
-        return [Part(part_key("darts_stem", cin=c_in, cout=C, hw=f"{hw[0]}x{hw[1]}"), "stem",
-                     ((1, c_in, *hw),), _deployed(lambda: _stem(c_in, C)))]
+        return (Step("stem", (("cin", c_in), ("cout", C), ("hw", _hw(hw))), ((1, c_in, *hw),),
+                     lambda: _stem(c_in, C), name="stem", key_kind="darts_stem"),)
     h4 = _half(_half(hw))
-    return [Part(part_key("darts_stem0", cin=c_in, cout=C, hw=f"{hw[0]}x{hw[1]}"), "stem",
-                 ((1, c_in, *hw),), _deployed(lambda: _stem0(c_in, C))),
-            Part(part_key("darts_stem1", c=C, hw=f"{h4[0]}x{h4[1]}"), "stem",
-                 ((1, C, *h4),), _deployed(lambda: _stem1(C)))]
+    return (Step("stem", (("cin", c_in), ("cout", C), ("hw", _hw(hw))), ((1, c_in, *hw),),
+                 lambda: _stem0(c_in, C), name="stem0", key_kind="darts_stem0"),
+            Step("stem", (("c", C), ("hw", _hw(h4))), ((1, C, *h4),), lambda: _stem1(C), name="stem1",
+                 key_kind="darts_stem1"))
 
 
 @_memo
-def _pre_parts(layer: _Layer) -> Tuple[Part, ...]:
+def pre_steps(layer: _Layer, s0: int, s1: int) -> Tuple[Step, Step]:
+    """A cell's two input convs, reading values ``s0`` and ``s1``; a reduction cell starts a stage."""
     kind0 = "factorized_reduce" if layer.reduction_prev else "relu_conv_bn"
-    hw_pp, hw = layer.hw_pp, layer.hw
-    return (
-        Part(part_key(kind0, cin=layer.C_pp, cout=layer.C, hw=f"{hw_pp[0]}x{hw_pp[1]}"), kind0,
-             ((1, layer.C_pp, *hw_pp),), _deployed(lambda: _preprocess0(layer))),
-        Part(part_key("relu_conv_bn", cin=layer.C_p, cout=layer.C, hw=f"{hw[0]}x{hw[1]}"), "relu_conv_bn",
-             ((1, layer.C_p, *hw),), _deployed(lambda: ReLUConvBN(layer.C_p, layer.C, 1))),
-    )
+    cell = f"cells.{layer.index}"
+    return (Step(kind0, (("cin", layer.C_pp), ("cout", layer.C), ("hw", _hw(layer.hw_pp))),
+                 ((1, layer.C_pp, *layer.hw_pp),), lambda: _preprocess0(layer), name=f"{cell}.preprocess0",
+                 reads=(s0,), stage_start=layer.reduction),
+            Step("relu_conv_bn", (("cin", layer.C_p), ("cout", layer.C), ("hw", _hw(layer.hw))),
+                 ((1, layer.C_p, *layer.hw),), lambda: ReLUConvBN(layer.C_p, layer.C, 1),
+                 name=f"{cell}.preprocess1", reads=(s1,)))
 
 
-def _head_part(C: int, classes: int, hw) -> Part:
-    return Part(part_key("head", c=C, classes=classes, hw=f"{hw[0]}x{hw[1]}"), "head",
-                ((1, C, *hw),), _deployed(lambda: Head(C, classes)))
+@_memo
+def edge_step(name: str, layer: _Layer, node: int, j: int, k: int, read: int) -> Step:
+    """The op on the edge from state ``j`` into ``node`` (edge ``k`` of the cell), reading value
+    ``read``; it strides where ``_Layer.edge_stride`` says."""
+    stride, hw = layer.edge_stride(j), layer.edge_hw(j)
+    fields = (("name", name), ("cin", layer.C), ("cout", layer.C), ("s", stride), ("hw", _hw(hw)))
+    return Step(name, fields, ((1, layer.C, *hw),), lambda: layer.edge_op(name, j),
+                name=f"cells.{layer.index}.ops.{k}", reads=(read,), slot=f"cells.{layer.index}.edges.{node}.{j}",
+                option=name, state=stateful_key(OPS.meta(name)), drop=True, key_kind="op")
+
+
+@_memo
+def combine_step(name: str, layer: _Layer, node: int, a: int, b: int) -> Step:
+    shape = (1, layer.C, *layer.hw_out)
+    return Step(f"fusion:{name}", (("name", name), ("c", layer.C), ("hw", _hw(layer.hw_out))), (shape, shape),
+                lambda: FUSIONS[name](layer.C), name=f"cells.{layer.index}.combines.{node}", reads=(a, b),
+                slot=f"cells.{layer.index}.combines.{node}", option=name)
+
+
+@_memo
+def head_step(C: int, classes: int, hw: Tuple[int, int], read: Ref) -> Step:
+    return Step("head", (("c", C), ("classes", classes), ("hw", _hw(hw))), ((1, C, *hw),),
+                lambda: Head(C, classes), name="head", reads=(read,))
+
+
+def cell_steps(cell: Cell, layer: _Layer, s0: Ref, s1: Ref, first: int) -> Tuple[List[Step], Ref]:
+    """One cell whose first step is step ``first``: the input convs, the edges (built in edge
+    order, as DARTS' Cell), then the combines; execution follows the reads.  The cell's output is
+    the concatenation of the ``concat`` states (free glue: the next reads name its values)."""
+    out = list(pre_steps(layer, s0, s1))
+    steps = len(cell.combine)
+    # value of state j: 0/1 the input convs, node i the i-th combine
+    state = [first + 1, first + 2] + [first + 3 + 2 * steps + i for i in range(steps)]
+    out += [edge_step(name, layer, k // 2, j, k, state[j]) for k, (name, j) in enumerate(cell.edges)]
+    edge_value = first + 3
+    out += [combine_step(c, layer, i, edge_value + 2 * i, edge_value + 2 * i + 1) for i, c in enumerate(cell.combine)]
+    return out, tuple(state[j] for j in cell.concat)
+
+
+def plan(arch: DartsArch) -> List[Step]:
+    """The network as steps: stem(s), cells, head (DARTS' NetworkCIFAR or NetworkImageNet; no
+    auxiliary head: DARTS' published counts exclude it)."""
+    c_in, h, w = arch.input_size
+    C_stem, layers, C_last = layout(arch.channels, arch.cells, (h, w),
+                                    len(arch.normal.concat), len(arch.reduce.concat), arch.stem)
+    steps: List[Step] = list(stem_steps(arch.stem, c_in, C_stem, (h, w)))
+    s0, s1 = 1, len(steps)  # values: the CIFAR stem feeds both inputs, ImageNet's stem0 and stem1
+    for layer in layers:
+        cell, out = cell_steps(arch.reduce if layer.reduction else arch.normal, layer, s0, s1, len(steps))
+        steps += cell
+        s0, s1 = s1, out
+    steps.append(head_step(C_last, arch.num_classes, layers[-1].hw_out, s1))
+    return steps
+
+
+def bank(ops: Sequence[str], fusions: Sequence[str], C: int, cells: int, input_size: Sequence[int],
+         num_classes: int, stem: str = "cifar") -> Iterator[Step]:
+    """Every step the choices can produce in a network of ``cells`` cells of ``C`` channels (each
+    node's op from every earlier state, every combine; cells concatenating all nodes), in the
+    order a supernet builds them; its distinct parts are what a latency table must hold."""
+    c_in, h, w = input_size
+    C_stem, layers, C_last = layout(C, cells, (h, w), stem=stem)
+    yield from stem_steps(stem, c_in, C_stem, (h, w))
+    for layer in layers:
+        yield from pre_steps(layer, 0, 0)
+        for node in range(STEPS):
+            for j in range(node + 2):
+                yield from (edge_step(name, layer, node, j, 0, 0) for name in ops)
+        for node in range(STEPS):
+            yield from (combine_step(f, layer, node, 0, 0) for f in fusions)
+    yield head_step(C_last, num_classes, layers[-1].hw_out, 0)
 
 
 def parts(arch: DartsArch) -> List[Part]:
     """The deployed network as Parts, in execution order (costs add up exactly)."""
-    c_in, h, w = arch.input_size
-    C_stem, layers, C_last = plan(arch.channels, arch.cells, (h, w),
-                                  len(arch.normal.concat), len(arch.reduce.concat), arch.stem)
-    out = _stem_parts(arch.stem, c_in, C_stem, (h, w))
-    chain: set = set()
-    for layer in layers:
-        cell = arch.reduce if layer.reduction else arch.normal
-        if layer.reduction:
-            chain = set()
-        out += _pre_parts(layer)
-        for k, (name, i) in enumerate(cell.edges):
-            out.append(edge_part(name, layer, i, chain))
-            if k % 2:
-                out.append(fusion_part(cell.combine[k // 2], layer.C, tuple(layer.hw_out)))
-    out.append(_head_part(C_last, arch.num_classes, layers[-1].hw_out))
-    return out
+    return plan_parts(plan(arch))
 
 
 def build(arch: DartsArch, deploy: bool = True) -> nn.Module:
     """The stand-alone network; ``deploy`` folds train-time ops (what the budget counts)."""
     arch.validate()
-    net = DartsNetwork(arch)
-    return deploy_ops(net) if deploy else net
+    return finish(Network(plan(arch)), deploy)

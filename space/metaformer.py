@@ -65,8 +65,9 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 from torch import nn
 
 from .base import Part, SearchSpace, split_names, whole, wholes
+from .plan import bank_parts
 from .metaformer_blocks import ChannelSub, TokenSub, available_necks, neck_inputs
-from .metaformer_plan import (BRA_TOPKS, MetaformerArch, MetaformerNet, Stage, Step, _deployed, adapted_stem_stride,
+from .metaformer_plan import (BRA_TOPKS, MetaformerArch, MetaformerNet, Stage, Step, adapted_stem_stride,
                               bra_kw, build, downsample_step, head_step, neck_step, parts, plan, stage_norm_step,
                               stage_resolutions, stage_steps, stem_step)
 from .metaformer_supernet import MetaformerSupernet, width_map
@@ -330,8 +331,4 @@ class MetaformerSpace(SearchSpace):
             for chans in itertools.product(*self.widths[4 - n:]):
                 stages = tuple(Stage(1, c, "", "", 1.0) for c in [0] * (4 - n) + list(chans))  # widths only
                 steps.append(neck_step(replace(proto, stages=stages, neck=neck, neck_width=self.neck_width), res))
-        seen = set()
-        for s in steps:
-            if s.key not in seen:
-                seen.add(s.key)
-                yield Part(s.key, s.kind, s.inputs, _deployed(s.make))
+        return bank_parts(steps)

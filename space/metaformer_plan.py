@@ -4,16 +4,18 @@ describes the space; space/metaformer_blocks.py the blocks)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Callable, ClassVar, List, Tuple
+from typing import ClassVar, List, Sequence, Tuple
 
 from torch import nn
 
 from .arch import ArchBase, ArchError
-from .base import Part, part_key
+from .base import Part
 from .metaformer_blocks import (ChannelSub, Head, LayerNorm2d, NeckClassifier, TokenSub, available_necks,
                                 init_weights, make_downsample, make_local, make_stem, neck_inputs)
-from .ops import deploy as deploy_ops
 from .ops.common import linear_rates
+from .plan import Network, Step
+from .plan import build as finish
+from .plan import parts as plan_parts
 from .ops.swiftformer import ConvEncoder
 from .registry import CHANNEL_MIXERS, TOKEN_MIXERS
 
@@ -126,22 +128,6 @@ def bra_kw(hw: Tuple[int, int], topk: int) -> Tuple[Tuple[str, int], ...]:
     return (("n_win", n_win), ("topk", topk))
 
 
-@dataclass(frozen=True)
-class Step:
-    """One part of the network: cost key fields, input shapes and how to build it."""
-
-    kind: str
-    fields: Tuple[Tuple[str, Any], ...]
-    inputs: Tuple[Tuple[int, ...], ...]
-    make: Callable[[], nn.Module]
-    stage_end: bool = False  # its output is a stage output (read by the neck)
-    reads: int = 0  # > 0: reads the last ``reads`` stage outputs (the neck)
-
-    @property
-    def key(self) -> str:
-        return part_key(self.kind.split(":")[0], **dict(self.fields))
-
-
 def token_step(name: str, dim: int, hw, kw, norm: str, layer_scale: float) -> Step:
     return Step(f"token:{name}", (("name", name), ("c", dim), ("hw", _hw(hw)), ("norm", norm),
                                   ("ls", int(layer_scale > 0)), ("kw", dict(kw))),
@@ -178,8 +164,8 @@ def stage_norm_step(dim: int, hw) -> Step:
     return Step("stage_norm", (("c", dim), ("hw", _hw(hw))), ((1, dim, *hw),), lambda: LayerNorm2d(dim))
 
 
-def neck_step(arch: MetaformerArch, res) -> Step:
-    """The neck over the deepest stage outputs with the classifier over its maps."""
+def neck_step(arch: MetaformerArch, res, taps: Sequence[int] = (0, 0, 0, 0)) -> Step:
+    """The neck over the deepest stage outputs (values ``taps``) with the classifier over its maps."""
     n = neck_inputs(arch.neck)
     chans = [s.width for s in arch.stages][-n:]
     fields = (("name", arch.neck), ("c", "-".join(map(str, chans))), ("width", arch.neck_width),
@@ -187,7 +173,7 @@ def neck_step(arch: MetaformerArch, res) -> Step:
               ("norm", arch.head_norm), ("dist", arch.dist_head))
     return Step(f"neck:{arch.neck}", fields, tuple((1, c, *hw) for c, hw in zip(chans, res[-n:])),
                 lambda: NeckClassifier(arch.neck, chans, arch.neck_width, arch.num_classes, arch.head_norm,
-                                       arch.dist_head), reads=n)
+                                       arch.dist_head), reads=tuple(taps[-n:]))
 
 
 def head_step(dim: int, hw, classes: int, norm: str, dist: int) -> Step:
@@ -212,30 +198,27 @@ def plan(arch: MetaformerArch) -> List[Step]:
     c_in, h, w = arch.input_size
     res = stage_resolutions((h, w), arch.stem_stride)
     steps = [stem_step(arch.stem, c_in, arch.stages[0].width, arch.stem_stride, (h, w))]
+    taps: List[int] = []
     for i, s in enumerate(arch.stages):
         if i:
             steps.append(downsample_step(arch.stages[i - 1].width, s.width, res[i - 1]))
         steps += stage_steps(arch, s, res[i])
         if arch.stage_norm == "ln":
             steps.append(stage_norm_step(s.width, res[i]))
-        steps[-1] = replace(steps[-1], stage_end=True)
+        taps.append(len(steps))  # the value of the stage's last step
     if arch.neck != "none":
-        return steps + [neck_step(arch, res)]
+        return steps + [neck_step(arch, res, taps)]
     steps.append(head_step(arch.stages[-1].width, res[-1], arch.num_classes, arch.head_norm, arch.dist_head))
     return steps
 
 
 # -- the network -----------------------------------------------------------------------------
 
-class MetaformerNet(nn.Module):
-    """The deployed network: the plan's parts in order (the neck, if any, reads stage ends)."""
+class MetaformerNet(Network):
+    """The deployed network: the plan's steps in order (the neck, if any, reads stage ends)."""
 
     def __init__(self, arch: MetaformerArch):
-        super().__init__()
-        steps = plan(arch)
-        self.layers = nn.ModuleList(s.make() for s in steps)
-        self.taps = [i for i, s in enumerate(steps) if s.stage_end]
-        self.reads = [s.reads for s in steps]
+        super().__init__(plan(arch))
         init_weights(self, arch.init)
 
     def set_drop_path(self, rate: float, progress: float = 0.0) -> None:
@@ -251,27 +234,12 @@ class MetaformerNet(nn.Module):
             for m in block:
                 m.drop_prob = p
 
-    def forward(self, x):
-        feats = []
-        for i, (layer, reads) in enumerate(zip(self.layers, self.reads)):
-            x = layer(*feats[-reads:]) if reads else layer(x)
-            if i in self.taps:
-                feats.append(x)
-        return x
-
-
-def _deployed(make: Callable[[], nn.Module]) -> Callable[[], nn.Module]:
-    def f() -> nn.Module:
-        return deploy_ops(make()).eval()
-    return f
-
 
 def parts(arch: MetaformerArch) -> List[Part]:
     """The deployed network as Parts, in execution order (costs add up exactly)."""
-    return [Part(s.key, s.kind, s.inputs, _deployed(s.make)) for s in plan(arch)]
+    return plan_parts(plan(arch))
 
 
 def build(arch: MetaformerArch, deploy: bool = True) -> nn.Module:
     arch.validate()
-    net = MetaformerNet(arch)
-    return deploy_ops(net) if deploy else net
+    return finish(MetaformerNet(arch), deploy)

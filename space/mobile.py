@@ -71,9 +71,10 @@ from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 from torch import nn
 
 from .base import Part, SearchSpace, split_names, whole, wholes
-from .mobile_plan import (BLOCK_TYPES, Block, BlockPlan, MobileArch, Stage, _down, _head_part, _scaled, _stem_part,
+from .mobile_plan import (BLOCK_TYPES, Block, BlockPlan, MobileArch, Stage, _down, _scaled, head_step, stem_step,
                           block_parts, block_plan, build, parts, plan)
 from .mobile_supernet import MobileSupernet
+from .plan import part
 from .ops.base import stateful_key
 from .ops.common import dw_kernel, make_divisible
 from .registry import HEADS
@@ -355,7 +356,7 @@ class MobileSpace(SearchSpace):
                     seen.add(p.key)
                     yield p
 
-        yield from new([_stem_part(self.input_size[0], proto.stem, self.input_size[1:])])
+        yield from new([part(stem_step(self.input_size[0], proto.stem, tuple(self.input_size[1:])))])
         fixed = [p for p in plan(proto).blocks if p.stage == 0]
         for p in fixed:
             yield from new(block_parts(p))
@@ -390,4 +391,4 @@ class MobileSpace(SearchSpace):
             for c_last in cins:
                 arch = replace(proto, head=head, head_groups=groups,
                                stages=proto.stages[:-1] + (replace(proto.stages[-1], width=c_last),))
-                yield from new([_head_part(arch, plan(arch).c_last, plan(arch).hw_last)])
+                yield from new([part(head_step(arch, plan(arch).c_last, plan(arch).hw_last))])

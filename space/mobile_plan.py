@@ -10,9 +10,11 @@ import torch
 from torch import nn
 
 from .arch import ArchBase, ArchError
-from .base import Part, part_key
-from .ops import deploy as deploy_ops
-from .ops.base import WithState, link_state, stateful_key
+from .base import Part
+from .ops.base import stateful_key
+from .plan import Network, Step, part
+from .plan import build as finish
+from .plan import parts as plan_parts
 from .ops.common import conv1x1_bn_act, dw_bn, make_divisible, mobile_init
 from .registry import HEADS
 from .ops.sandglass import SandglassConv, sandglass_form, sandglass_hidden
@@ -193,121 +195,80 @@ def _head(arch: MobileArch, c_last: int) -> nn.Module:
     return HEADS[arch.head](c_last, arch.num_classes, arch.head_channels, **kw)
 
 
-class MobileBlock(nn.Module):
-    """One block as its parts: pre conv -> attention -> post conv -> fusion with the shortcut."""
-
-    def __init__(self, p: BlockPlan):
-        super().__init__()
-        self.pre, self.attention, self.post = _pre(p), _attention(p), _post(p)
-        self.fusion = FUSIONS[p.block.fusion](p.cout) if p.residual else None
-        self.restart_key = p.state_key if p.restart else None
-        self._state: Optional[dict] = None
-
-    def use_network_state(self, state: dict) -> None:
-        self._state = state
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.pre(x)
-        if self.restart_key is not None and self._state is not None:
-            self._state.pop(self.restart_key, None)
-        y = self.post(self.attention(y))
-        return self.fusion(y, x) if self.fusion is not None else y
-
-
-class MobileNetwork(nn.Module):
-    def __init__(self, arch: MobileArch):
-        super().__init__()
-        pl = plan(arch)
-        self.stem = make_stem(arch.input_size[0], arch.stem)
-        self.blocks = nn.ModuleList(MobileBlock(p) for p in pl.blocks)
-        self.stage_starts = [p.index == 0 for p in pl.blocks]
-        self.head = _head(arch, pl.c_last)
-        self.state = link_state(self)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.state.clear()
-        x = self.stem(x)
-        for block, start in zip(self.blocks, self.stage_starts):
-            if start:
-                self.state.clear()  # a new stage starts a new attention chain
-            x = block(x)
-        return self.head(x)
-
-
-def build(arch: MobileArch, deploy: bool = True) -> nn.Module:
-    """The stand-alone network; ``deploy`` folds train-time ops (what the budget counts)."""
-    arch.validate()
-    net = MobileNetwork(arch)
-    if deploy:
-        net = deploy_ops(net)
-        net.state = link_state(net)  # an op swapped by deploy must share the state too
-    return net
-
-
-# -- parts -----------------------------------------------------------------------------------
-
-def _deployed(make):
-    def f() -> nn.Module:
-        return deploy_ops(make()).eval()
-    return f
-
+# -- the plan as steps (space/plan.py runs and costs them) ------------------------------------
 
 def _hw(hw: Tuple[int, int]) -> str:
     return f"{hw[0]}x{hw[1]}"
 
 
-def block_parts(p: BlockPlan) -> List[Part]:
-    """The parts of one block, in execution order."""
-    b, out = p.block, []
+def block_steps(p: BlockPlan, n: int = 0, x: int = 0, first: int = 0) -> List[Step]:
+    """Block ``n`` of the network, reading value ``x``, its first step being step ``first``: pre
+    conv -> attention -> post conv -> fusion with the shortcut (an Identity is no step)."""
+    b, out, name = p.block, [], f"blocks.{n}"
     if p.form == "ir":
-        out.append(Part(part_key("ir_expand_dw", cin=p.cin, hidden=p.hidden, expand=int(b.expand != 1),
-                                 k=b.kernel, s=p.stride, conv=b.conv, hw=_hw(p.hw_in)),
-                        "ir_expand_dw", ((1, p.cin, *p.hw_in),), _deployed(lambda: _pre(p))))
+        out.append(Step("ir_expand_dw", (("cin", p.cin), ("hidden", p.hidden), ("expand", int(b.expand != 1)),
+                                         ("k", b.kernel), ("s", p.stride), ("conv", b.conv), ("hw", _hw(p.hw_in))),
+                        ((1, p.cin, *p.hw_in),), lambda: _pre(p), name=f"{name}.pre", reads=(x,),
+                        stage_start=p.index == 0))
     else:
         dw = p.form != "pw"  # kernel and conv variant only matter where there is a dw conv
-        out.append(Part(part_key("sg_conv", cin=p.cin, cout=p.cout, hidden=p.hidden, form=p.form,
-                                 k=b.kernel if dw else "-", conv=b.conv if dw else "-", s=p.stride,
-                                 hw=_hw(p.hw_in)),
-                        "sg_conv", ((1, p.cin, *p.hw_in),), _deployed(lambda: _pre(p))))
+        out.append(Step("sg_conv", (("cin", p.cin), ("cout", p.cout), ("hidden", p.hidden), ("form", p.form),
+                                    ("k", b.kernel if dw else "-"), ("conv", b.conv if dw else "-"), ("s", p.stride),
+                                    ("hw", _hw(p.hw_in))),
+                        ((1, p.cin, *p.hw_in),), lambda: _pre(p), name=f"{name}.pre", reads=(x,),
+                        stage_start=p.index == 0))
     if b.attention != "none":
-        fields = dict(name=b.attention, c=p.att_c, hw=_hw(p.hw_out))
-        shape = ((1, p.att_c, *p.hw_out),)
-        if p.state_key is None:
-            out.append(Part(part_key("attention", **fields), f"attention:{b.attention}", shape,
-                            _deployed(lambda: _attention(p))))
-        else:
-            out.append(Part(part_key("attention", **fields, prev=int(p.att_prev)), f"attention:{b.attention}",
-                            shape, _deployed(lambda: WithState(_attention(p), p.att_prev))))
+        out.append(Step(f"attention:{b.attention}", (("name", b.attention), ("c", p.att_c), ("hw", _hw(p.hw_out))),
+                        ((1, p.att_c, *p.hw_out),), lambda: _attention(p), name=f"{name}.attention",
+                        state=p.state_key, restart=p.restart))
     if p.form == "ir":
-        out.append(Part(part_key("ir_project", hidden=p.hidden, cout=p.cout, hw=_hw(p.hw_out)), "ir_project",
-                        ((1, p.hidden, *p.hw_out),), _deployed(lambda: _post(p))))
+        out.append(Step("ir_project", (("hidden", p.hidden), ("cout", p.cout), ("hw", _hw(p.hw_out))),
+                        ((1, p.hidden, *p.hw_out),), lambda: _post(p), name=f"{name}.post"))
     if p.residual:
         shape = (1, p.cout, *p.hw_out)
-        out.append(Part(part_key("fusion", name=b.fusion, c=p.cout, hw=_hw(p.hw_out)), f"fusion:{b.fusion}",
-                        (shape, shape), _deployed(lambda: FUSIONS[b.fusion](p.cout))))
+        out.append(Step(f"fusion:{b.fusion}", (("name", b.fusion), ("c", p.cout), ("hw", _hw(p.hw_out))),
+                        (shape, shape), lambda: FUSIONS[b.fusion](p.cout), name=f"{name}.fusion",
+                        reads=(first + len(out), x)))
     return out
 
 
-def _stem_part(c_in: int, c: int, hw_in: Tuple[int, int]) -> Part:
-    return Part(part_key("mobile_stem", cin=c_in, cout=c, hw=_hw(hw_in)), "stem", ((1, c_in, *hw_in),),
-                _deployed(lambda: make_stem(c_in, c)))
+def block_parts(p: BlockPlan) -> List[Part]:
+    """The parts of one block, in execution order, its attention costed as ``p.att_prev`` says."""
+    return [part(s, p.att_prev if s.state else None) for s in block_steps(p)]
 
 
-def _head_part(arch: MobileArch, c_last: int, hw: Tuple[int, int]) -> Part:
-    key = part_key("mobile_head", name=arch.head, cin=c_last, mid=arch.head_channels,
-                   classes=arch.num_classes, groups=arch.head_groups, hw=_hw(hw))
-    return Part(key, f"head:{arch.head}", ((1, c_last, *hw),), _deployed(lambda: _head(arch, c_last)))
+def stem_step(c_in: int, c: int, hw_in: Tuple[int, int]) -> Step:
+    return Step("stem", (("cin", c_in), ("cout", c), ("hw", _hw(hw_in))), ((1, c_in, *hw_in),),
+                lambda: make_stem(c_in, c), name="stem", key_kind="mobile_stem")
+
+
+def head_step(arch: MobileArch, c_last: int, hw: Tuple[int, int], read: int = 0) -> Step:
+    fields = (("name", arch.head), ("cin", c_last), ("mid", arch.head_channels), ("classes", arch.num_classes),
+              ("groups", arch.head_groups), ("hw", _hw(hw)))
+    return Step(f"head:{arch.head}", fields, ((1, c_last, *hw),), lambda: _head(arch, c_last), name="head",
+                reads=(read,) if read else (), key_kind="mobile_head")
+
+
+def steps(arch: MobileArch) -> List[Step]:
+    """The network as steps: stem, blocks, head."""
+    pl = plan(arch)
+    out = [stem_step(arch.input_size[0], arch.stem, tuple(arch.input_size[1:]))]
+    for n, p in enumerate(pl.blocks):
+        out += block_steps(p, n, len(out), len(out))
+    out.append(head_step(arch, pl.c_last, pl.hw_last))
+    return out
+
+
+def build(arch: MobileArch, deploy: bool = True) -> nn.Module:
+    """The stand-alone network; ``deploy`` folds train-time ops (what the budget counts)."""
+    arch.validate()
+    return finish(Network(steps(arch)), deploy)
 
 
 def parts(arch: MobileArch) -> List[Part]:
     """The deployed network as Parts, in execution order (costs add up exactly)."""
     arch.validate()
-    pl = plan(arch)
-    out = [_stem_part(arch.input_size[0], arch.stem, tuple(arch.input_size[1:]))]
-    for p in pl.blocks:
-        out += block_parts(p)
-    out.append(_head_part(arch, pl.c_last, pl.hw_last))
-    return out
+    return plan_parts(steps(arch))
 
 
 def _scaled(width: int, percent: int) -> int:

@@ -32,11 +32,12 @@ network clears the dict at the start of every forward and at every stage start, 
   a stage is plain SE and each later one reads the op before it, as in DCANet's ResNets;
 * in a DARTS cell network a stage is the run of cells between reductions (the state is cleared
   at each reduction cell, which starts the stage at the new width).  Ops run cell by cell, and
-  inside a cell node by node, edge 0 then edge 1; a DCA-SE op reads the state of the DCA-SE op
-  that ran last, which in a DAG may sit on a parallel edge rather than on its input's path
-  (DCANet only defines sequential chains; execution order is the natural extension).  Ops
-  that are not DCA-SE neither read nor change the state.  ``space.darts.op_part`` mirrors
-  this order to cost each op with or without a previous state (``prev=0/1`` in the part key).
+  inside a cell in edge order (edge 0 then edge 1 of node 0, ...); a DCA-SE op reads the state of
+  the DCA-SE op that ran last, which in a DAG may sit on a parallel edge rather than on its
+  input's path (DCANet only defines sequential chains; execution order is the natural
+  extension).  Ops that are not DCA-SE neither read nor change the state.  ``space.plan.parts``
+  follows the same order to cost each op with or without a previous state (``prev=0/1`` in the
+  part key).
 * a stand-alone op (never linked) is plain SE on every call.
 
 Departures from the official code and why:
