@@ -264,13 +264,13 @@ class Supernet(nn.Module):
                 continue
             self.keys[path] = s.key
             _place(self, path, make(s) if make else s.make())
-        self._plan = plan
+        self.plan = plan  # arch -> its steps at this supernet's size
         _run_as(self, [], [], [])
         self.drop_path_prob = 0.0
         self.state = link_state(self)
 
     def set_active(self, arch: Any) -> None:
-        steps = self._plan(arch)
+        steps = self.plan(arch)
         for s in steps:
             if self.keys.get(s.bank_path) != s.key:
                 raise ValueError(f"this supernet holds no {s.key} at {s.bank_path} (the architecture lies "
