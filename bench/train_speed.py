@@ -22,7 +22,6 @@ import argparse
 import copy
 import dataclasses
 import random
-import shlex
 import statistics
 import sys
 import time
@@ -31,7 +30,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import space  # noqa: E402
+from _report import command, emit  # noqa: E402
 from nas.costs import CostModel  # noqa: E402
 from nas.estimators import reduced_arch  # noqa: E402
 from space.darts import DartsSpace  # noqa: E402
@@ -123,9 +124,7 @@ def main() -> None:
             sup[tag].set_active(arch)
             r[f"score_{tag}"] = _score_seconds(sup[tag], fmt, official)
         rows.append(r)
-    lines = []
-    if a.out:
-        lines += ["$ python bench/train_speed.py " + " ".join(shlex.quote(x) for x in sys.argv[1:]), ""]
+    lines = [command(), ""]
     lines.append(f"torch {torch.__version__}, {a.threads} threads, batch 64 at 32x32; images/s of one training step")
     lines.append(f"{'path MACs':>9} | {'supernet':>8} {'CL only':>7} {'now':>7} {'x':>5} | {'alone':>7} {'now':>7} | "
                  f"{'alone/super':>11} | {'reduced now':>11} {'narrow super now':>16} | {'score s':>7} {'now':>6}")
@@ -142,10 +141,7 @@ def main() -> None:
                  f"reduced copy {med('small_cl'):.1f} images/s ({med('small_cl') / med('super_ct'):.1f}x the old "
                  f"supernet path); narrow supernet (5 cells, 8 ch) {med('narrow_cl'):.1f} images/s "
                  f"({med('narrow_cl') / med('super_ct'):.1f}x); scoring one candidate {med('score_ct'):.1f} s -> {med('score_cl'):.1f} s")
-    text = "\n".join(lines)
-    print(text)
-    if a.out:
-        Path(a.out).write_text(text + "\n")
+    emit(lines, a.out)
 
 
 if __name__ == "__main__":

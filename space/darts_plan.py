@@ -181,7 +181,7 @@ def stem_steps(stem: str, c_in: int, C: int, hw: Tuple[int, int]) -> Tuple[Step,
 
 
 @_memo
-def pre_steps(layer: _Layer, s0: int, s1: int) -> Tuple[Step, Step]:
+def pre_steps(layer: _Layer, s0: Ref, s1: Ref) -> Tuple[Step, Step]:
     """A cell's two input convs, reading values ``s0`` and ``s1``; a reduction cell starts a stage."""
     kind0 = "factorized_reduce" if layer.reduction_prev else "relu_conv_bn"
     cell = f"cells.{layer.index}"
