@@ -252,7 +252,9 @@ def bank(ops: Sequence[str], fusions: Sequence[str], C: int, cells: int, input_s
          num_classes: int, stem: str = "cifar") -> Iterator[Step]:
     """Every step the choices can produce in a network of ``cells`` cells of ``C`` channels (each
     node's op from every earlier state, every combine; cells concatenating all nodes), in the
-    order a supernet builds them; its distinct parts are what a latency table must hold."""
+    order a supernet builds them; its distinct parts are what a latency table must hold.  Only
+    their bank paths, keys and constructors count (reads and edge indices are placeholders): a
+    supernet runs each architecture's own plan on them."""
     c_in, h, w = input_size
     C_stem, layers, C_last = layout(C, cells, (h, w), stem=stem)
     yield from stem_steps(stem, c_in, C_stem, (h, w))

@@ -6,7 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import ClassVar, Dict, List, Optional, Tuple
 
-import torch
 from torch import nn
 
 from .arch import ArchBase, ArchError
@@ -201,22 +200,21 @@ def _hw(hw: Tuple[int, int]) -> str:
     return f"{hw[0]}x{hw[1]}"
 
 
-def block_steps(p: BlockPlan, n: int = 0, x: int = 0, first: int = 0) -> List[Step]:
-    """Block ``n`` of the network, reading value ``x``, its first step being step ``first``: pre
-    conv -> attention -> post conv -> fusion with the shortcut (an Identity is no step)."""
-    b, out, name = p.block, [], f"blocks.{n}"
+def block_steps(p: BlockPlan, n: int = 0, first: int = 0) -> List[Step]:
+    """Block ``n`` of the network, its first step being step ``first`` (so its input is value
+    ``first``): pre conv -> attention -> post conv -> fusion with the shortcut (an Identity is
+    no step)."""
+    b, name = p.block, f"blocks.{n}"
     if p.form == "ir":
-        out.append(Step("ir_expand_dw", (("cin", p.cin), ("hidden", p.hidden), ("expand", int(b.expand != 1)),
-                                         ("k", b.kernel), ("s", p.stride), ("conv", b.conv), ("hw", _hw(p.hw_in))),
-                        ((1, p.cin, *p.hw_in),), lambda: _pre(p), name=f"{name}.pre", reads=(x,),
-                        stage_start=p.index == 0))
+        kind, fields = "ir_expand_dw", (("cin", p.cin), ("hidden", p.hidden), ("expand", int(b.expand != 1)),
+                                        ("k", b.kernel), ("s", p.stride), ("conv", b.conv), ("hw", _hw(p.hw_in)))
     else:
         dw = p.form != "pw"  # kernel and conv variant only matter where there is a dw conv
-        out.append(Step("sg_conv", (("cin", p.cin), ("cout", p.cout), ("hidden", p.hidden), ("form", p.form),
-                                    ("k", b.kernel if dw else "-"), ("conv", b.conv if dw else "-"), ("s", p.stride),
-                                    ("hw", _hw(p.hw_in))),
-                        ((1, p.cin, *p.hw_in),), lambda: _pre(p), name=f"{name}.pre", reads=(x,),
-                        stage_start=p.index == 0))
+        kind, fields = "sg_conv", (("cin", p.cin), ("cout", p.cout), ("hidden", p.hidden), ("form", p.form),
+                                   ("k", b.kernel if dw else "-"), ("conv", b.conv if dw else "-"), ("s", p.stride),
+                                   ("hw", _hw(p.hw_in)))
+    out = [Step(kind, fields, ((1, p.cin, *p.hw_in),), lambda: _pre(p), name=f"{name}.pre",
+                stage_start=p.index == 0)]
     if b.attention != "none":
         out.append(Step(f"attention:{b.attention}", (("name", b.attention), ("c", p.att_c), ("hw", _hw(p.hw_out))),
                         ((1, p.att_c, *p.hw_out),), lambda: _attention(p), name=f"{name}.attention",
@@ -228,7 +226,7 @@ def block_steps(p: BlockPlan, n: int = 0, x: int = 0, first: int = 0) -> List[St
         shape = (1, p.cout, *p.hw_out)
         out.append(Step(f"fusion:{b.fusion}", (("name", b.fusion), ("c", p.cout), ("hw", _hw(p.hw_out))),
                         (shape, shape), lambda: FUSIONS[b.fusion](p.cout), name=f"{name}.fusion",
-                        reads=(first + len(out), x)))
+                        reads=(first + len(out), first)))
     return out
 
 
@@ -242,11 +240,11 @@ def stem_step(c_in: int, c: int, hw_in: Tuple[int, int]) -> Step:
                 lambda: make_stem(c_in, c), name="stem", key_kind="mobile_stem")
 
 
-def head_step(arch: MobileArch, c_last: int, hw: Tuple[int, int], read: int = 0) -> Step:
+def head_step(arch: MobileArch, c_last: int, hw: Tuple[int, int]) -> Step:
     fields = (("name", arch.head), ("cin", c_last), ("mid", arch.head_channels), ("classes", arch.num_classes),
               ("groups", arch.head_groups), ("hw", _hw(hw)))
     return Step(f"head:{arch.head}", fields, ((1, c_last, *hw),), lambda: _head(arch, c_last), name="head",
-                reads=(read,) if read else (), key_kind="mobile_head")
+                key_kind="mobile_head")
 
 
 def steps(arch: MobileArch) -> List[Step]:
@@ -254,7 +252,7 @@ def steps(arch: MobileArch) -> List[Step]:
     pl = plan(arch)
     out = [stem_step(arch.input_size[0], arch.stem, tuple(arch.input_size[1:]))]
     for n, p in enumerate(pl.blocks):
-        out += block_steps(p, n, len(out), len(out))
+        out += block_steps(p, n, len(out))
     out.append(head_step(arch, pl.c_last, pl.hw_last))
     return out
 
