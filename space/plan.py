@@ -53,7 +53,11 @@ class Step:
 
     @functools.cached_property  # formatting keys dominated costing a search's candidates
     def key(self) -> str:
-        return part_key(self.key_kind or self.kind.split(":")[0], **dict(self.fields))
+        return self.key_with()
+
+    def key_with(self, **extra: Any) -> str:
+        """The cost key, with ``extra`` fields (a chained step's ``prev``)."""
+        return part_key(self.key_kind or self.kind.split(":")[0], **dict(self.fields), **extra)
 
     @property
     def bank_path(self) -> str:
@@ -207,8 +211,8 @@ def part(step: Step, prev: Optional[bool] = None) -> Part:
             p = Part(step.key, step.kind, step.inputs, _deployed(step.make))
         else:
             make = step.make
-            p = Part(part_key(step.key_kind or step.kind.split(":")[0], **dict(step.fields), prev=int(prev)),
-                     step.kind, step.inputs, _deployed(lambda: WithState(make(), prev)))
+            p = Part(step.key_with(prev=int(prev)), step.kind, step.inputs,
+                     _deployed(lambda: WithState(make(), prev)))
         if len(_PARTS) > 65536:
             _PARTS.clear()
         _PARTS[memo] = p
