@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import FUSIONS
-from .common import fast_forms, register_attention
+from .common import fast_forms, is_channels_last, register_attention
 
 
 def _reflect_along(x: torch.Tensor, p: int, dim: int) -> torch.Tensor:
@@ -81,7 +81,10 @@ class SpatialAttention(nn.Module):
         self.sa = ReflectConv(2, 1, 7)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.sa(torch.cat([x.mean(dim=1, keepdim=True), x.max(dim=1, keepdim=True)[0]], dim=1))
+        pooled = torch.cat([x.mean(dim=1, keepdim=True), x.max(dim=1, keepdim=True)[0]], dim=1)
+        if fast_forms(self) and is_channels_last(x):  # two 1-channel maps concatenate plain-contiguous
+            pooled = pooled.contiguous(memory_format=torch.channels_last)
+        return self.sa(pooled)
 
 
 class ChannelAttention(nn.Sequential):
@@ -102,6 +105,8 @@ class PixelAttention(nn.Module):
             # summed: oneDNN's fast kernels cover depthwise convs only, and the grouped conv with
             # two channels per group trained 4.6-6x slower channels-last (bench/grouped_conv.py).  Inference
             # keeps the official form, which the latency tables timed.
+            if is_channels_last(x):  # SA + CA broadcasts to a plain-contiguous map (CGAFusion 1.3x)
+                pattn1 = pattn1.contiguous(memory_format=torch.channels_last)
             c, w, pad = self.pa2, self.pa2.weight, self.pa2.kernel_size[0] // 2
             out = (F.conv2d(reflect_pad(x, pad), w[:, :1], c.bias, groups=c.out_channels)
                    + F.conv2d(reflect_pad(pattn1, pad), w[:, 1:], None, groups=c.out_channels))

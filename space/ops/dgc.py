@@ -64,7 +64,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..registry import OPS
-from .common import check_stride
+from .common import check_stride, fast_forms, is_channels_last
 
 LASSO_WEIGHT = 1e-5  # official main.py --group-lasso-lambda default
 
@@ -149,11 +149,19 @@ class DynamicMultiHeadConv(nn.Module):
         if self.training:
             self.aux_loss = self.lasso_weight * g.mean(dim=(0, 2)).sum()
         g = self.prune(g, self.inactive_channels)
-        b = x.shape[0]
-        xs = (x.unsqueeze(1) * g.view(b, self.heads, self.C_in, 1, 1)).flatten(1, 2)
-        out = F.conv2d(xs, self.weight, None, self.stride, self.padding, self.dilation, self.heads)
+        b, heads = x.shape[0], self.heads
+        if fast_forms(self) and is_channels_last(x):
+            # the same products and interleave in channels-last order: the official order's
+            # broadcast gives a plain-contiguous input, reordered by oneDNN forward and backward
+            xs = (x.permute(0, 2, 3, 1).unsqueeze(3) * g.view(b, 1, 1, heads, self.C_in)).flatten(3)
+            out = F.conv2d(xs.permute(0, 3, 1, 2), self.weight, None, self.stride, self.padding,
+                           self.dilation, heads).permute(0, 2, 3, 1)
+            _, h, w, c = out.shape
+            return out.view(b, h, w, heads, c // heads).transpose(3, 4).reshape(b, h, w, c).permute(0, 3, 1, 2)
+        xs = (x.unsqueeze(1) * g.view(b, heads, self.C_in, 1, 1)).flatten(1, 2)
+        out = F.conv2d(xs, self.weight, None, self.stride, self.padding, self.dilation, heads)
         _, c, h, w = out.shape
-        return out.view(b, self.heads, c // self.heads, h, w).transpose(1, 2).reshape(b, c, h, w)
+        return out.view(b, heads, c // heads, h, w).transpose(1, 2).reshape(b, c, h, w)
 
     # -- cost -------------------------------------------------------------------------------
     def out_size(self, H: int, W: int) -> Sequence[int]:

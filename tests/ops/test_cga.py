@@ -103,14 +103,17 @@ def test_registrations():
     assert {"cga", "cga_3x3"} <= set(space.OPS.names())
 
 
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("hw", [2, 9])
-def test_pixel_attention_trains_through_depthwise_convs_equal_to_the_grouped_one(hw):
+def test_pixel_attention_trains_through_depthwise_convs_equal_to_the_grouped_one(hw, fmt):
     """Training uses two depthwise convs (oneDNN's fast kernel) for the 2-per-group conv that
-    inference keeps: same output, same gradients, the same parameters."""
+    inference keeps: same output, same gradients, the same parameters; a channels-last input
+    keeps the training output channels-last (pattn1, a broadcast sum, arrives plain-contiguous)."""
     from space.ops.cga import PixelAttention
     torch.manual_seed(0)
     pa = PixelAttention(6)
-    x, p = torch.randn(2, 6, hw, hw, requires_grad=True), torch.randn(2, 6, hw, hw, requires_grad=True)
+    x = torch.randn(2, 6, hw, hw).contiguous(memory_format=fmt).requires_grad_()
+    p = torch.randn(2, 6, hw, hw, requires_grad=True)
     grouped_calls = []
     pa.pa2.register_forward_hook(lambda m, i, o: grouped_calls.append(m.training))
     results = []
@@ -119,6 +122,7 @@ def test_pixel_attention_trains_through_depthwise_convs_equal_to_the_grouped_one
         pa.zero_grad()
         x.grad = p.grad = None
         out = pa(x, p)
+        assert not train or out.is_contiguous(memory_format=fmt)
         (out * torch.arange(out.numel()).view_as(out).sin()).sum().backward()
         results.append((out.detach(), x.grad.clone(), p.grad.clone(), pa.pa2.weight.grad.clone(), pa.pa2.bias.grad.clone()))
     assert grouped_calls == [False]  # the grouped conv ran in inference only

@@ -105,6 +105,28 @@ def test_grouped_conv_equals_per_head_loop(c_in, c_out, heads, inactive, stride)
         assert per_head == 1 or (y - head_major).abs().max() > 1e-3
 
 
+@pytest.mark.parametrize("c_in,c_out,heads,inactive,stride", [
+    (12, 24, 4, 0, 1), (12, 24, 4, 5, 2), (16, 16, 4, 9, 1), (16, 24, 3, 9, 1)])
+def test_channels_last_training_keeps_the_official_values_and_interleave(c_in, c_out, heads, inactive, stride):
+    torch.manual_seed(0)
+    m = DynamicMultiHeadConv(c_in, c_out, 3, stride, heads=heads).train()
+    m.inactive.fill_(inactive)  # progress 0: training forwards leave the buffer as set
+    x = torch.randn(3, c_in, 9, 9)
+
+    def run(fmt):
+        m.zero_grad(set_to_none=True)
+        xi = x.contiguous(memory_format=fmt).requires_grad_()
+        y = m(xi)
+        y.backward(torch.arange(y.numel(), dtype=y.dtype).reshape(y.shape).sin())
+        return y.detach(), [xi.grad, m.weight.grad, m.fc1.weight.grad]
+
+    (y_cl, g_cl), (y, g) = run(torch.channels_last), run(torch.contiguous_format)
+    assert y_cl.is_contiguous(memory_format=torch.channels_last) and not y_cl.is_contiguous()
+    torch.testing.assert_close(y_cl, y)
+    for a, b in zip(g_cl, g):  # float rounding only: the conv sums in another order
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5 * float(b.abs().max()))
+
+
 def test_ties_with_the_kth_smallest_gate_are_dropped_as_officially():
     # hidden=1 and a dead FC1 unit: every gate is relu(bias) = 1 (the init), all tied
     m = DynamicMultiHeadConv(8, 8).eval()

@@ -96,6 +96,30 @@ def test_factorized_reduce_reads_darts_pixels_on_even_sizes():
     torch.testing.assert_close(fr(x), fr.bn(ref))
 
 
+@pytest.mark.parametrize("size", [2, 7, 8, 15])
+@pytest.mark.parametrize("fmt", [torch.channels_last, torch.contiguous_format])
+def test_factorized_reduce_trains_through_an_equal_form(size, fmt):
+    from space.ops.common import FactorizedReduce, official_forms
+
+    torch.manual_seed(0)
+    fr = FactorizedReduce(6, 10).train()
+    x = torch.randn(3, 6, size, size + 1).contiguous(memory_format=fmt)
+
+    def run(official):
+        fr.zero_grad(set_to_none=True)
+        xi = x.clone().requires_grad_()
+        with official_forms(official):
+            y = fr(xi)
+        y.backward(torch.arange(y.numel(), dtype=y.dtype).reshape(y.shape).sin())
+        return [y, xi.grad, fr.conv_1.weight.grad, fr.conv_2.weight.grad]
+
+    got, want = run(False), run(True)
+    assert got[0].shape == want[0].shape == (3, 10, (size + 1) // 2, (size + 2) // 2)
+    for a, b in zip(got, want):
+        # float rounding only: a weight's gradient sums over every pixel in another order
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6 * float(b.detach().abs().max()))
+
+
 def random_arch(rng, ops=None, fusions=None, **kw):
     sp = DartsSpace(ops=ops, fusions=fusions, **kw)
     return sp.sample(rng)
