@@ -10,6 +10,10 @@ count per path.  Modules with equal cost keys cost the same, so each distinct ke
 ``--rounds``) and weighted by its count.  The sum is the step's predicted module time; the script
 then times ``--steps`` real supernet steps (forward, loss, backward, SGD step) on sampled paths
 and prints how much of them the modules explain (the rest: glue, the loss, the optimiser).
+Last, the same paths' steps run again under ``torch.profiler`` and the self time of every ATen
+kernel is summed by class (convolutions by kind, forward and backward; batch norm; elementwise;
+copies and fills, which move memory without arithmetic): what a faster op form can still cut,
+and what only a different kernel (oneDNN's, or a fused one) could.
 Shares are of the predicted module time; "x sep3" is the candidate's expected time per use over
 ``sep_conv_3x3``'s at the same slots.  Only spaces whose supernet is the generic
 ``space.plan.Supernet`` (a bank of steps) can be broken down this way.
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import re
 import statistics
 import sys
 import time
@@ -50,6 +55,61 @@ def fwd_bwd(module: torch.nn.Module, shapes, batch: int, rounds: int, state: dic
             ts.append(time.perf_counter() - t)
     module.zero_grad(set_to_none=True)
     return statistics.median(ts)
+
+
+def _conv_class(name: str, shapes) -> str:
+    """'conv dw kxk' / 'conv 1x1' / 'conv dense kxk' (grouped ones count as dense), + fwd/bwd."""
+    bwd = name == "aten::convolution_backward"
+    x, w = (shapes[1], shapes[2]) if bwd else (shapes[0], shapes[1])
+    if not w or len(w) != 4:
+        return "conv other"
+    kind = ("dw" if w[1] == 1 and x[1] > 1 else "1x1" if w[2:] == [1, 1] else "dense")
+    k = "" if kind == "1x1" else f" {w[2]}x{w[3]}"
+    return f"conv {kind}{k} {'bwd' if bwd else 'fwd'}"
+
+
+_CLASSES = {  # ATen kernel -> class; anything unlisted is "other"
+    "batch norm": ("aten::native_batch_norm", "aten::native_batch_norm_backward",
+                   "aten::_batch_norm_with_update", "aten::batch_norm_backward"),
+    "copy, fill, pad (layout)": ("aten::copy_", "aten::fill_", "aten::zero_", "aten::cat",
+                                 "aten::reflection_pad2d", "aten::reflection_pad2d_backward",
+                                 "aten::constant_pad_nd", "aten::slice_backward", "aten::empty",
+                                 "aten::empty_strided", "aten::clone", "aten::contiguous"),
+    "pooling": ("aten::max_pool2d_with_indices", "aten::max_pool2d_with_indices_backward",
+                "aten::avg_pool2d", "aten::avg_pool2d_backward", "aten::mean", "aten::max",
+                "aten::adaptive_avg_pool2d", "aten::_adaptive_avg_pool2d_backward"),
+}
+_ELEMENTWISE = re.compile(
+    r"aten::(clamp|clamp_min|clamp_min_|hardtanh_backward|threshold_backward|relu|relu_|mul|mul_|add|add_|"
+    r"sub|div|div_|neg|rsub|pow|sum|where|tanh|exp|sigmoid|sigmoid_backward|gelu|gelu_backward|"
+    r"_softmax|_softmax_backward_data|bernoulli_|hardswish)")
+
+
+def kernel_classes(sup, archs, x, y, opt) -> dict:
+    """Self CPU seconds per kernel class over one profiled training step on each path."""
+    from torch.profiler import profile
+
+    def step(arch):
+        sup.set_active(arch)
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(sup(x), y).backward()
+        opt.step()
+
+    step(archs[0])  # warm
+    with profile(record_shapes=True) as prof:
+        for arch in archs:
+            step(arch)
+    out = defaultdict(float)
+    for e in prof.key_averages(group_by_input_shape=True):
+        name = e.key
+        if name in ("aten::convolution_backward", "aten::mkldnn_convolution"):
+            cls = _conv_class(name, e.input_shapes)
+        elif _ELEMENTWISE.fullmatch(name):
+            cls = "elementwise"
+        else:
+            cls = next((c for c, names in _CLASSES.items() if name in names), "other")
+        out[cls] += e.self_cpu_time_total / 1e6 / len(archs)
+    return out
 
 
 def main() -> None:
@@ -123,6 +183,16 @@ def main() -> None:
         lines.append(f"{name:>16} {role:>8} {uses[(name, role)]:9.2f} {t:7.3f} {100 * t / total:5.1f}% {rel}")
     lines += ["", "by role: " + ", ".join(f"{r} {100 * t / total:.0f}%" for r, t in
                                           sorted(roles.items(), key=lambda kv: -kv[1]))]
+    kc = kernel_classes(sup, archs[1:a.steps + 1], x, y, opt)
+    ktot = sum(kc.values())
+    lines += ["", f"by ATen kernel class (self CPU time under torch.profiler, the same {a.steps} paths' steps; "
+              f"{ktot:.2f} s per step profiled)", f"{'class':>26} {'s/step':>7} {'share':>6}"]
+    for cls, t in sorted(kc.items(), key=lambda kv: -kv[1]):
+        lines.append(f"{cls:>26} {t:7.3f} {100 * t / ktot:5.1f}%")
+    conv = sum(t for c, t in kc.items() if c.startswith("conv"))
+    lines += ["", f"convolution kernels {100 * conv / ktot:.0f}%, elementwise and batch norm "
+              f"{100 * (kc['elementwise'] + kc['batch norm']) / ktot:.0f}%, layout (copies, fills, pads) "
+              f"{100 * kc['copy, fill, pad (layout)'] / ktot:.0f}%"]
     emit(lines, a.out)
 
 
