@@ -56,8 +56,8 @@ class FactorizedReduce(nn.Module):
     padding 1 less its first output row and column: the same values with no padded, shifted copy
     of the input, which oneDNN copied again to make it contiguous (forward + backward 1.5-2.2x
     faster channels-last at 16-128 channels, batch 64: FactorizedReduce was 2.6% of the DARTS
-    supernet's step, most of it those copies).  Inference keeps the official form, which the counts and latency
-    tables measured.
+    supernet's step, most of it those copies).  Inference keeps the official form, which the
+    counts and latency tables measured.
     """
 
     def __init__(self, C_in: int, C_out: int, affine: bool = True):
@@ -220,7 +220,8 @@ class DilatedDWConv(nn.Conv2d):
             y = _dilated_as_undilated(x, self.weight, self.bias, d, q)
         else:
             return super().forward(x)
-        return y.contiguous(memory_format=torch.channels_last if is_channels_last(x) else torch.contiguous_format)
+        fmt = torch.channels_last if is_channels_last(x) else torch.contiguous_format
+        return y.contiguous(memory_format=fmt)
 
 
 class DWConv(nn.Sequential):

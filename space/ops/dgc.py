@@ -157,7 +157,8 @@ class DynamicMultiHeadConv(nn.Module):
             out = F.conv2d(xs.permute(0, 3, 1, 2), self.weight, None, self.stride, self.padding,
                            self.dilation, heads).permute(0, 2, 3, 1)
             _, h, w, c = out.shape
-            return out.view(b, h, w, heads, c // heads).transpose(3, 4).reshape(b, h, w, c).permute(0, 3, 1, 2)
+            out = out.view(b, h, w, heads, c // heads).transpose(3, 4).reshape(b, h, w, c)
+            return out.permute(0, 3, 1, 2)
         xs = (x.unsqueeze(1) * g.view(b, heads, self.C_in, 1, 1)).flatten(1, 2)
         out = F.conv2d(xs, self.weight, None, self.stride, self.padding, self.dilation, heads)
         _, c, h, w = out.shape
