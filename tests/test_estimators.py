@@ -74,6 +74,27 @@ def test_proxy_scores_a_broken_network_below_a_sound_one(ctx, name):
     assert est.score(_broken(sound)) < est.score(sound)
 
 
+def test_proxies_score_the_official_forms(ctx):
+    """The equal fast training forms are for training speed: a proxy scores the official forms,
+    or MeCo would miss the maps of submodules a fast form does not call (FactorizedReduce's
+    conv_2: DARTS-V2 here has one after each reduction cell)."""
+    from nas.estimators.zc import meco
+    from space.ops.common import official_forms
+
+    sound = dataclasses.replace(DARTS_V2, channels=8, cells=3, input_size=(3, 16, 16))
+    est = make("zc:meco", ctx)
+    x, y = est.batches[0]
+
+    def direct(official):
+        net = est.network(sound)
+        torch.manual_seed(ctx.seed)
+        with official_forms(official):
+            return meco(net, x, y)
+
+    assert direct(False) != direct(True)
+    assert est.score(sound) == direct(True)
+
+
 def test_successive_halving_keeps_the_best():
     quality = [0.31, 0.9, 0.42, 0.12, 0.77, 0.55, 0.6, 0.2, 0.05]
     calls = []

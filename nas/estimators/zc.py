@@ -44,6 +44,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 import space
 from space.arch import ArchBase
 from space.ops import aux_loss, task_loss
+from space.ops.common import official_forms
 
 from ..costs import CostModel
 from .base import ESTIMATORS, Context, Estimator, reduced_arch
@@ -233,10 +234,14 @@ class ZeroCostEstimator(Estimator):
     def score(self, arch: ArchBase) -> float:
         net = self.network(arch)
         torch.manual_seed(self.ctx.seed)
-        if self.proxy in MULTI_BATCH:
-            return float(MULTI_BATCH[self.proxy](net, self.batches))
-        x, y = self.batches[0]
-        return float(PROXIES[self.proxy](net, x, y))
+        # Proxies score the network as its official code computes it.  The equal fast training
+        # forms would move the hook-based proxies: a fast form may use a submodule's weights
+        # without calling it (FactorizedReduce's conv_2, CGA's pa2), so MeCo would lose a map.
+        with official_forms():
+            if self.proxy in MULTI_BATCH:
+                return float(MULTI_BATCH[self.proxy](net, self.batches))
+            x, y = self.batches[0]
+            return float(PROXIES[self.proxy](net, x, y))
 
     def fingerprint(self) -> Dict[str, Any]:
         return {"estimator": f"zc:{self.proxy}", "batch": self.batch, "seed": self.ctx.seed}
