@@ -92,11 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "are rejected in milliseconds, before any training or evaluation")
     p.add_argument("--estimator", default=None,
                    help="what ranks candidates (default: the best measured, see the README's ranking results): "
+                        "tse (summed training loss of a 16-step stand-alone training), "
                         "supernet (SPOS), train (stand-alone, successive halving), zc:vote, "
                         "zc:synflow, zc:naswot, zc:grad_norm, zc:snip, zc:zen, zc:zico, zc:meco, zc:params, zc:flops "
                         "(see --list and the README's ranking results)")
     p.add_argument("--estimator-opt", type=_kv, action="append", default=[], metavar="KEY=VALUE",
-                   help="estimator settings, e.g. supernet: sampling=fair; train: min_epochs=1 max_epochs=3 eta=3")
+                   help="estimator settings, e.g. tse: steps=32 resolution=0; supernet: sampling=fair; "
+                        "train: min_epochs=1 max_epochs=3 eta=3")
     p.add_argument("--rank-check", type=int, default=0, metavar="K",
                    help="after the search, train the top-K and K random candidates stand-alone briefly and "
                         "report the estimator's Kendall tau on this data (default off)")

@@ -51,13 +51,7 @@ class Trainer:
                     net.set_drop_path(self.drop_path, self.epochs_done / self.total_epochs)
                 loss_sum = seen = 0
                 for x, y in self.batches:
-                    check_interrupt()
-                    x = x.to(self.device, memory_format=self.memory_format)
-                    y = y.to(self.device)
-                    set_progress(net, self.step / self._total_steps)
-                    loss, _ = train_step(net, self.opt, self.sched, x, y)
-                    self.step += 1
-                    loss_sum += loss.item() * len(y)
+                    loss_sum += self._step(x, y) * len(y)
                     seen += len(y)
                     bar.update(1)
                     bar.set_postfix(epoch=f"{self.epochs_done + 1}/{self.total_epochs}",
@@ -67,6 +61,26 @@ class Trainer:
                 if val is not None:
                     rec["val_acc"] = self.accuracy(val)
                 self.history.append(rec)
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        check_interrupt()
+        x = x.to(self.device, memory_format=self.memory_format)
+        set_progress(self.net, self.step / self._total_steps)
+        loss, _ = train_step(self.net, self.opt, self.sched, x, y.to(self.device))
+        self.step += 1
+        return loss.item()
+
+    def losses(self, steps: int) -> List[float]:
+        """The training losses of the next ``steps`` minibatches, epochs wrapping where needed
+        (what the ``tse`` estimator sums)."""
+        out: List[float] = []
+        self.net.train()
+        while len(out) < steps:
+            for x, y in self.batches:
+                out.append(self._step(x, y))
+                if len(out) == steps:
+                    break
+        return out
 
     def accuracy(self, batches) -> float:
         return accuracy(self.net, batches, self.memory_format)

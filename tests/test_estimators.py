@@ -8,13 +8,13 @@ import torch
 
 import space
 from nas.data import Splits, load_digits_fallback
-from nas.estimators import ESTIMATORS, Context, make
+from nas.estimators import ESTIMATORS, Context, make, reduced_arch
 from nas.estimators.train import promote, rungs, successive_halving
 from space.darts import DARTS_V2, Cell, DartsSpace
 
 OPS = ["skip_connect", "max_pool_3x3", "sep_conv_3x3", "dil_conv_3x3"]
 FAST = {"supernet": {"epochs": 1}, "train": {"min_epochs": 1, "max_epochs": 2, "eta": 2},
-        "zc:vote": {"reference": 4}}  # 4 reference architectures, not 32: the contract, not the quality
+        "zc:vote": {"reference": 4}, "tse": {"steps": 3}}  # 4 reference architectures, not 32: the contract, not the quality
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +72,39 @@ def test_proxy_scores_a_broken_network_below_a_sound_one(ctx, name):
     sound = dataclasses.replace(DARTS_V2, channels=8, cells=3, input_size=(3, 16, 16))
     est = make(name, ctx)
     assert est.score(_broken(sound)) < est.score(sound)
+
+
+def test_tse_scores_a_broken_network_below_a_sound_one(ctx):
+    """A network whose cells pass nothing can only learn the class prior: its training loss stays
+    near log(10) while a sound network's falls (Ru et al.'s premise: faster training, better)."""
+    sound = dataclasses.replace(DARTS_V2, channels=8, cells=3, input_size=(3, 16, 16))
+    est = make("tse", ctx, steps=6)
+    assert est.score(_broken(sound)) < est.score(sound)
+
+
+def test_tse_is_minus_the_summed_losses_of_one_training(ctx):
+    """Fewer steps score a prefix of the same training (bench/tse_steps.py reads every prefix off
+    one run); the losses wrap past an epoch (3 batches here); the stream is not the run seed's own
+    (a ground truth trains seed 0 with the same recipe)."""
+    from nas.estimators.tse import SEED_OFFSET
+
+    arch = _archs(ctx.space, 1)[0]
+    losses = make("tse", ctx).trainer(arch).losses(5)
+    assert len(losses) == 5 and all(math.isfinite(v) for v in losses)
+    for k in (2, 5):
+        assert make("tse", ctx, steps=k).score(arch) == pytest.approx(-sum(losses[:k]), rel=1e-6)
+    from nas.train import Trainer
+
+    tr = make("tse", ctx).trainer(arch)
+    assert tr.batches.seed == ctx.splits.train.fresh(ctx.seed + SEED_OFFSET).seed
+    plain = Trainer(reduced_arch(arch, ctx.input_size, ctx.num_classes), ctx.splits.train, 3, seed=ctx.seed)
+    assert plain.losses(2) != losses[:2]
+
+
+def test_tse_refuses_bad_options(ctx):
+    for bad in ({"steps": 0}, {"lr": 0}, {"epochs": 0}):
+        with pytest.raises(ValueError, match="tse estimator"):
+            make("tse", ctx, **bad)
 
 
 def test_proxies_score_the_official_forms(ctx):
