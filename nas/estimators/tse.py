@@ -47,23 +47,26 @@ class TrainingSpeedEstimator(Estimator):
         self.resolution = side if int(resolution) in (0, side) or int(resolution) > side else int(resolution)
         self._batches = None
 
+    def at_resolution(self, b, stats=None):
+        """Batches ``b`` area-downsampled to ``resolution`` where it is below their size, normalised
+        with ``stats``' mean and std (other batches at that resolution; default: their own)."""
+        if self.resolution == b.x.shape[-1]:
+            return b
+        import dataclasses
+
+        import torch.nn.functional as F
+
+        from ..data import channel_stats
+
+        r = (self.resolution, self.resolution)
+        x = F.interpolate(b.x.float(), size=r, mode="area").round_().clamp_(0, 255).to(b.x.dtype)
+        mean, std = (stats.mean, stats.std) if stats is not None else channel_stats(x.numpy())
+        return dataclasses.replace(b, x=x, mean=mean, std=std)
+
     def batches(self):
-        """The run's training batches, area-downsampled once to ``resolution`` where it is below the
-        data's (with their own normalisation statistics)."""
+        """The run's training batches at ``resolution``, made once."""
         if self._batches is None:
-            b = self.ctx.splits.train
-            if self.resolution != b.x.shape[-1]:
-                import dataclasses
-
-                import torch.nn.functional as F
-
-                from ..data import channel_stats
-
-                r = (self.resolution, self.resolution)
-                x = F.interpolate(b.x.float(), size=r, mode="area").round_().clamp_(0, 255).to(b.x.dtype)
-                mean, std = channel_stats(x.numpy())
-                b = dataclasses.replace(b, x=x, mean=mean, std=std)
-            self._batches = b
+            self._batches = self.at_resolution(self.ctx.splits.train)
         return self._batches
 
     def trainer(self, arch: ArchBase):

@@ -60,8 +60,14 @@ def trust_line(b: Optional[Dict[str, Any]], estimator: str, space: str) -> str:
         verdict = f"better than counting parameters on the benchmark, but not on the truth of {' or '.join(short)}"
     else:
         verdict = "better than counting parameters"
-    if min([tau] + [o["kendall_tau"] for o in others]) < 0.5:  # the goal: say plainly where it is not met
+    # the ranking issue's goal is 0.5 on every truth: say plainly on which it is not met
+    below = [w for w, t in [("the benchmark", tau)] + [(f"the truth of {o['what']}", o["kendall_tau"])
+                                                       for o in others] if t < 0.5]
+    if min([tau] + [o["kendall_tau"] for o in others]) < 0.3:
         verdict += ", and far from reliable (goal 0.5): read the front's score axis as a rough order"
+    elif below:
+        verdict += (f", but short of the goal (0.5) on {' and on '.join(below)}: read candidates whose scores "
+                    f"are close as ties")
     also = "".join(f"; against a truth of {o['what']}: {o['kendall_tau']:.2f} (parameter count "
                    f"{o['params_tau']:.2f})" for o in others)
     return (f"benchmarked Kendall tau {tau:.2f} against stand-alone training on {b.get('n_archs')} architectures "
