@@ -40,6 +40,7 @@ class Trainer:
         self._total_steps = self.total_epochs * len(train_batches)
         self.opt, self.sched = cosine_sgd(self.net, lr, weight_decay, self._total_steps)
         self.epochs_done, self.step, self.history = 0, 0, []
+        self._batch_iter = None  # the epoch losses() is part-way through
 
     def run(self, epochs: int, progress: bool = False, val=None) -> None:
         net = self.net
@@ -71,15 +72,19 @@ class Trainer:
         return loss.item()
 
     def losses(self, steps: int) -> List[float]:
-        """The training losses of the next ``steps`` minibatches, epochs wrapping where needed
-        (what the ``tse`` estimator sums)."""
+        """The training losses of the next ``steps`` minibatches (what the ``tse`` estimator sums).
+        Calls go on through one epoch's batch order, so losses(8) then losses(8) train what
+        losses(16) trains; an epoch ends and the next begins where needed."""
         out: List[float] = []
         self.net.train()
         while len(out) < steps:
-            for x, y in self.batches:
-                out.append(self._step(x, y))
-                if len(out) == steps:
-                    break
+            if self._batch_iter is None:
+                self._batch_iter = iter(self.batches)  # a new epoch: its own shuffle
+            step = next(self._batch_iter, None)
+            if step is None:
+                self._batch_iter = None
+                continue
+            out.append(self._step(*step))
         return out
 
     def accuracy(self, batches) -> float:

@@ -91,6 +91,8 @@ def test_tse_is_minus_the_summed_losses_of_one_training(ctx):
     arch = _archs(ctx.space, 1)[0]
     losses = make("tse", ctx).trainer(arch).losses(5)
     assert len(losses) == 5 and all(math.isfinite(v) for v in losses)
+    parts = make("tse", ctx).trainer(arch)
+    assert parts.losses(2) + parts.losses(3) == pytest.approx(losses, rel=1e-6)  # calls go on, not restart
     for k in (2, 5):
         assert make("tse", ctx, steps=k).score(arch) == pytest.approx(-sum(losses[:k]), rel=1e-6)
     from nas.train import Trainer
@@ -99,6 +101,20 @@ def test_tse_is_minus_the_summed_losses_of_one_training(ctx):
     assert tr.batches.seed == ctx.splits.train.fresh(ctx.seed + SEED_OFFSET).seed
     plain = Trainer(reduced_arch(arch, ctx.input_size, ctx.num_classes), ctx.splits.train, 3, seed=ctx.seed)
     assert plain.losses(2) != losses[:2]
+
+
+def test_tse_trains_at_its_resolution(ctx):
+    """Below the data's size, the copy and its batches are area-downsampled (renormalised); at or
+    above it (or 0) the data's own size is kept."""
+    arch = _archs(ctx.space, 1)[0]
+    small = make("tse", ctx, resolution=8)
+    tr = small.trainer(arch)
+    x, _ = next(iter(tr.batches))
+    assert tuple(x.shape[-2:]) == (8, 8) and tr.net(x.contiguous(memory_format=torch.channels_last)).shape[-1] == 10
+    assert abs(float(x.mean())) < 0.5 and 0.5 < float(x.std()) < 1.5
+    for keep in (0, 16, 64):
+        assert make("tse", ctx, resolution=keep).size == (16, 16)
+    assert small.score(arch) != make("tse", ctx, resolution=0).score(arch)
 
 
 def test_tse_refuses_bad_options(ctx):

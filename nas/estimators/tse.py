@@ -7,7 +7,7 @@ https://github.com/rubinxin/TSE (NASLib's ``SoLosspredictor``, "SoTL", is the sa
 
 The candidate's reduced copy (``base.REDUCED``, as ``train`` and the proxies use) is trained from
 its initialisation for ``steps`` minibatches of the run's training split, area-downsampled to
-``resolution`` pixels a side where the data is larger (0: the data's own), SGD as ``nas.train``
+``resolution`` pixels on its shorter side where the data is larger (0: the data's own), SGD as ``nas.train``
 along the cosine schedule of a full ``epochs``-epoch training (so, over a few dozen steps, at
 about the full learning rate, as in the paper's early epochs); the score is minus the sum of those
 minibatches' training losses.  A network that learns faster in its first steps scores higher.
@@ -43,14 +43,17 @@ class TrainingSpeedEstimator(Estimator):
         if int(steps) < 1 or int(epochs) < 1 or int(resolution) < 0 or not float(lr) > 0:
             raise ValueError("tse estimator: need steps >= 1, resolution >= 0 (0: the data's), epochs >= 1 and lr > 0")
         self.steps, self.lr, self.epochs = int(steps), float(lr), int(epochs)
-        side = ctx.input_size[-1]
-        self.resolution = side if int(resolution) in (0, side) or int(resolution) > side else int(resolution)
+        _, h, w = ctx.input_size
+        r = int(resolution)  # the shorter side; never upsampled
+        self.resolution = r if 0 < r < min(h, w) else min(h, w)
+        self.size = (h, w) if self.resolution == min(h, w) else \
+            (max(1, round(h * r / min(h, w))), max(1, round(w * r / min(h, w))))
         self._batches = None
 
     def at_resolution(self, b, stats=None):
-        """Batches ``b`` area-downsampled to ``resolution`` where it is below their size, normalised
-        with ``stats``' mean and std (other batches at that resolution; default: their own)."""
-        if self.resolution == b.x.shape[-1]:
+        """Batches ``b`` area-downsampled to ``size`` where that is below their size, normalised with
+        ``stats``' mean and std (other batches at that size; default: their own)."""
+        if tuple(b.x.shape[-2:]) == self.size:
             return b
         import dataclasses
 
@@ -58,8 +61,7 @@ class TrainingSpeedEstimator(Estimator):
 
         from ..data import channel_stats
 
-        r = (self.resolution, self.resolution)
-        x = F.interpolate(b.x.float(), size=r, mode="area").round_().clamp_(0, 255).to(b.x.dtype)
+        x = F.interpolate(b.x.float(), size=self.size, mode="area").round_().clamp_(0, 255).to(b.x.dtype)
         mean, std = (stats.mean, stats.std) if stats is not None else channel_stats(x.numpy())
         return dataclasses.replace(b, x=x, mean=mean, std=std)
 
@@ -74,8 +76,7 @@ class TrainingSpeedEstimator(Estimator):
         goes on with it)."""
         from ..train import Trainer
 
-        size = (self.ctx.input_size[0], self.resolution, self.resolution)
-        copy = reduced_arch(arch, size, self.ctx.num_classes)
+        copy = reduced_arch(arch, (self.ctx.input_size[0], *self.size), self.ctx.num_classes)
         return Trainer(copy, self.batches(), self.epochs, lr=self.lr, weight_decay=self.ctx.weight_decay,
                        seed=self.ctx.seed + SEED_OFFSET, device=self.ctx.device)
 
