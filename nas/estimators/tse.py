@@ -37,6 +37,7 @@ SEED_OFFSET = 10_007
 @ESTIMATORS.register("tse")
 class TrainingSpeedEstimator(Estimator):
     is_accuracy = False  # minus a summed loss: an order, not an accuracy
+    scores_on = "training split (its first training losses)"
 
     def __init__(self, ctx: Context, steps: int = 16, resolution: int = 16, lr: float = 0.05, epochs: int = 3):
         super().__init__(ctx)

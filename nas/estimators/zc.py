@@ -213,6 +213,8 @@ MULTI_BATCH = {"zico": zico}
 class ZeroCostEstimator(Estimator):
     """One training-free proxy; ``batch`` images per batch (from the fixed calibration batches)."""
 
+    scores_on = "fixed training batches"
+
     def __init__(self, ctx: Context, proxy: str = "synflow", batch: int = 64):
         super().__init__(ctx)
         if proxy not in PROXIES and proxy not in MULTI_BATCH:
@@ -250,6 +252,8 @@ class ZeroCostEstimator(Estimator):
 class CostEstimator(Estimator):
     """A trivial baseline: rank by the deployed network's parameters or multiply-adds."""
 
+    scores_on = "no data (a count)"
+
     def __init__(self, ctx: Context, metric: str = "params"):
         super().__init__(ctx)
         self.metric = metric
@@ -266,6 +270,8 @@ class VoteEstimator(Estimator):
     """A rank combination of proxies (as Abdelfattah et al.'s vote, arXiv 2101.08134): each
     component places the candidate among ``reference`` random architectures of the space (scored
     once, in ``prepare``), and the score is the mean of those placements (0..1)."""
+
+    scores_on = "fixed training batches"
 
     def __init__(self, ctx: Context, proxies: str = "naswot,params", reference: int = 32):
         super().__init__(ctx)
