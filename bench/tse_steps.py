@@ -64,15 +64,6 @@ def _train(arch_json: str, steps: int) -> Dict[str, Any]:
     return {"losses": losses, "val": val, "seconds": round(time.time() - t0, 1)}
 
 
-def _resolution(opts) -> str:
-    import inspect
-
-    from nas.estimators.tse import TrainingSpeedEstimator
-
-    r = dict(opts).get("resolution", inspect.signature(TrainingSpeedEstimator).parameters["resolution"].default)
-    return "the data's" if int(r) == 0 else f"{r}x{r}"
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--truth", action="append", default=None, help="ground truth CSV (repeatable)")
@@ -110,8 +101,8 @@ def main() -> int:
     ks = [k for k in CHECKS if k <= a.steps]
     lines = [command(), "",
              f"each architecture's reduced copy trained as `tse` trains it ({a.steps} steps of batch "
-             f"{meta.get('batch_size', 64)}, one thread, options {dict(a.opt) or 'the defaults'}: "
-             f"resolution {_resolution(a.opt)}); Kendall tau against each truth's mean test accuracy",
+             f"{meta.get('batch_size', 64)}, one thread, options {dict(a.opt) or 'the defaults (16x16)'}); "
+             f"Kendall tau against each truth's mean test accuracy",
              f"tse k: minus the summed training loss of the first k steps; val k: validation accuracy after k steps",
              "", f"{'truth':<38}{'n':>4}{'ceiling':>8}{'params':>8}" + "".join(f"{'tse ' + str(k):>8}" for k in ks)
              + "".join(f"{'val ' + str(k):>8}" for k in ks)]

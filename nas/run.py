@@ -367,7 +367,7 @@ def finalize(folder: Path, records: List[TrialRecord], objectives, constraints, 
     front = pd.DataFrame([r.to_row() for r in res["front"]], columns=trials.columns)
     what = f"{est.name} accuracy" if est.is_accuracy else f"{est.name} score"
     title = (f"{sp.name} space, budget {', '.join(c.text for c in constraints)} "
-             f"(1 FLOP = 1 multiply-add, fvcore) | {what} on {ds.name} {est.scores_on}")
+             f"(1 FLOP = 1 multiply-add, fvcore) | {what} on {est.scores_on.format(data=ds.name)}")
     plot_pareto(trials, front, constraints, folder / "pareto.png", title, baselines=base,
                 accuracy_label=("validation accuracy" if est.is_accuracy else f"score ({est.name}, higher ranks better)"))
     pairs: List[Dict[str, Any]] = []

@@ -14,7 +14,8 @@ from space.darts import DARTS_V2, Cell, DartsSpace
 
 OPS = ["skip_connect", "max_pool_3x3", "sep_conv_3x3", "dil_conv_3x3"]
 FAST = {"supernet": {"epochs": 1}, "train": {"min_epochs": 1, "max_epochs": 2, "eta": 2},
-        "zc:vote": {"reference": 4}, "tse": {"steps": 3}}  # 4 reference architectures, not 32: the contract, not the quality
+        "zc:vote": {"reference": 4},  # 4 reference architectures, not 32: the contract, not the quality
+        "tse": {"steps": 3}}
 
 
 @pytest.fixture(scope="module")

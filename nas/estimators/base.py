@@ -52,7 +52,7 @@ class Estimator:
     name: str = ""
     is_accuracy: bool = False
     scores_as_set: bool = False  # score_many() is more than score() in a loop (successive halving)
-    scores_on: str = "validation split"  # the data a score reads, as a run's plots name it
+    scores_on: str = "{data} validation split"  # what a score reads, as a run's plots name it
     # Called with (path, epoch) after each checkpoint is written: the workers of one study share
     # the trainer's (nas/shared.py).  Set by the run, never by the estimator.
     after_save = None

@@ -7,10 +7,10 @@ https://github.com/rubinxin/TSE (NASLib's ``SoLosspredictor``, "SoTL", is the sa
 
 The candidate's reduced copy (``base.REDUCED``, as ``train`` and the proxies use) is trained from
 its initialisation for ``steps`` minibatches of the run's training split, area-downsampled to
-``resolution`` pixels on its shorter side where the data is larger (0: the data's own), SGD as ``nas.train``
-along the cosine schedule of a full ``epochs``-epoch training (so, over a few dozen steps, at
-about the full learning rate, as in the paper's early epochs); the score is minus the sum of those
-minibatches' training losses.  A network that learns faster in its first steps scores higher.
+``resolution`` pixels on its shorter side where the data is larger (0: the data's own), SGD as
+``nas.train`` along the cosine schedule of a full ``epochs``-epoch training (so, over a few dozen
+steps, at about the full learning rate, as in the paper's early epochs); the score is minus the
+sum of those minibatches' training losses.  A network that learns faster in its first steps scores higher.
 
 The defaults (16 steps of 64 images at 16x16) were measured, not assumed
 (``bench/tse_steps.py``, README "How far to trust the ranking"): on the CIFAR-10 subset's ground
@@ -37,7 +37,7 @@ SEED_OFFSET = 10_007
 @ESTIMATORS.register("tse")
 class TrainingSpeedEstimator(Estimator):
     is_accuracy = False  # minus a summed loss: an order, not an accuracy
-    scores_on = "training split (its first training losses)"
+    scores_on = "{data} training split (its first training losses)"
 
     def __init__(self, ctx: Context, steps: int = 16, resolution: int = 16, lr: float = 0.05, epochs: int = 3):
         super().__init__(ctx)
@@ -45,10 +45,9 @@ class TrainingSpeedEstimator(Estimator):
             raise ValueError("tse estimator: need steps >= 1, resolution >= 0 (0: the data's), epochs >= 1 and lr > 0")
         self.steps, self.lr, self.epochs = int(steps), float(lr), int(epochs)
         _, h, w = ctx.input_size
-        r = int(resolution)  # the shorter side; never upsampled
-        self.resolution = r if 0 < r < min(h, w) else min(h, w)
-        self.size = (h, w) if self.resolution == min(h, w) else \
-            (max(1, round(h * r / min(h, w))), max(1, round(w * r / min(h, w))))
+        short = min(h, w)
+        self.resolution = int(resolution) if 0 < int(resolution) < short else short  # never upsampled
+        self.size = (max(1, round(h * self.resolution / short)), max(1, round(w * self.resolution / short)))
         self._batches = None
 
     def at_resolution(self, b, stats=None):

@@ -213,7 +213,7 @@ MULTI_BATCH = {"zico": zico}
 class ZeroCostEstimator(Estimator):
     """One training-free proxy; ``batch`` images per batch (from the fixed calibration batches)."""
 
-    scores_on = "fixed training batches"
+    scores_on = "fixed {data} training batches"
 
     def __init__(self, ctx: Context, proxy: str = "synflow", batch: int = 64):
         super().__init__(ctx)
@@ -252,7 +252,7 @@ class ZeroCostEstimator(Estimator):
 class CostEstimator(Estimator):
     """A trivial baseline: rank by the deployed network's parameters or multiply-adds."""
 
-    scores_on = "no data (a count)"
+    scores_on = "the deployed network's size (no data)"
 
     def __init__(self, ctx: Context, metric: str = "params"):
         super().__init__(ctx)
@@ -271,7 +271,7 @@ class VoteEstimator(Estimator):
     component places the candidate among ``reference`` random architectures of the space (scored
     once, in ``prepare``), and the score is the mean of those placements (0..1)."""
 
-    scores_on = "fixed training batches"
+    scores_on = "fixed {data} training batches"
 
     def __init__(self, ctx: Context, proxies: str = "naswot,params", reference: int = 32):
         super().__init__(ctx)
