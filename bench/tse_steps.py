@@ -8,8 +8,9 @@ seed stream, learning rate and schedule) for ``--steps`` minibatches.  Each step
 and the validation accuracy after 8, 16, 32 and 64 steps, go to a JSONL file beside the output,
 one line per architecture as it finishes, so a run cut short resumes where it stopped.  The
 table gives Kendall tau against each truth (its mean stand-alone test accuracy over seeds) of
-TSE after k steps (minus the sum of the first k losses: what ``--estimator-opt steps=k`` scores)
-and of the validation accuracy after k steps, beside parameter count and the truth's
+TSE after k steps (what ``--estimator-opt steps=k`` scores: minus the sum of the last ``window``
+share of the first k losses), of the plain TSE (all k losses summed: ``window=1``) and of the
+validation accuracy after k steps, beside parameter count and the truth's
 seed-to-seed ceiling.  Truths that share architectures (the 6-epoch one) reuse their trainings.
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 from _report import command, emit  # noqa: E402  (bench/ is this script's folder)
 from nas.cli import _kv  # noqa: E402
+from nas.estimators.tse import WINDOW, tse_score  # noqa: E402
 from nas.rank.evaluate import load_truth, noise_ceiling, ranking_metrics  # noqa: E402
 
 TRUTHS = ["truth_darts_cifar10_subset.csv", "truth_darts_cifar10_subset_s1.csv", "truth_darts_cifar10_subset_e6.csv"]
@@ -99,21 +101,25 @@ def main() -> int:
                 done[r["arch_hash"]] = r
                 bar.update(1)
     ks = [k for k in CHECKS if k <= a.steps]
+    window = float(dict(a.opt).get("window", WINDOW))
+
+    def tau(scores, df) -> str:
+        return f"{ranking_metrics(scores, df.truth)['kendall_tau']:>8.2f}"
+
     lines = [command(), "",
              f"each architecture's reduced copy trained as `tse` trains it ({a.steps} steps of batch "
              f"{meta.get('batch_size', 64)}, one thread, options {dict(a.opt) or 'the defaults (16x16)'}); "
              f"Kendall tau against each truth's mean test accuracy",
-             f"tse k: minus the summed training loss of the first k steps; val k: validation accuracy after k steps",
-             "", f"{'truth':<38}{'n':>4}{'ceiling':>8}{'params':>8}" + "".join(f"{'tse ' + str(k):>8}" for k in ks)
-             + "".join(f"{'val ' + str(k):>8}" for k in ks)]
+             f"tse k: minus the summed training loss of the last {window:g} share of the first k steps; "
+             f"all k: of all k (window=1, the plain TSE); val k: validation accuracy after k steps",
+             "", f"{'truth':<38}{'n':>4}{'ceiling':>8}{'params':>8}"
+             + "".join(f"{name + ' ' + str(k):>8}" for name in ("tse", "all", "val") for k in ks)]
     for t, df in frames.items():
         recs = [done[h] for h in df.arch_hash]
         row = f"{t.name:<38}{len(df):>4}{noise_ceiling(df)['kendall_tau']:>8.2f}"
-        row += f"{ranking_metrics(df.params, df.truth)['kendall_tau']:>8.2f}"
-        row += "".join(f"{ranking_metrics([-sum(r['losses'][:k]) for r in recs], df.truth)['kendall_tau']:>8.2f}"
-                       for k in ks)
-        row += "".join(f"{ranking_metrics([r['val'][str(k)] for r in recs], df.truth)['kendall_tau']:>8.2f}"
-                       for k in ks)
+        row += tau(df.params, df)
+        row += "".join(tau([tse_score(r["losses"][:k], w) for r in recs], df) for w in (window, 1) for k in ks)
+        row += "".join(tau([r["val"][str(k)] for r in recs], df) for k in ks)
         lines.append(row)
     secs = sorted(r["seconds"] for r in done.values())
     lines += ["", f"seconds per {a.steps}-step training with its {len(ks)} validation passes, one thread: "

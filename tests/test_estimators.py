@@ -83,8 +83,9 @@ def test_tse_scores_a_broken_network_below_a_sound_one(ctx):
     assert est.score(_broken(sound)) < est.score(sound)
 
 
-def test_tse_is_minus_the_summed_losses_of_one_training(ctx):
-    """Fewer steps score a prefix of the same training (bench/tse_steps.py reads every prefix off
+def test_tse_is_minus_the_summed_last_losses_of_one_training(ctx):
+    """The score sums the last ``window`` share of the losses (TSE-E; window=1: all of them);
+    fewer steps score a prefix of the same training (bench/tse_steps.py reads every prefix off
     one run); the losses wrap past an epoch (3 batches here); the stream is not the run seed's own
     (a ground truth trains seed 0 with the same recipe)."""
     from nas.estimators.tse import SEED_OFFSET
@@ -94,8 +95,10 @@ def test_tse_is_minus_the_summed_losses_of_one_training(ctx):
     assert len(losses) == 5 and all(math.isfinite(v) for v in losses)
     parts = make("tse", ctx).trainer(arch)
     assert parts.losses(2) + parts.losses(3) == pytest.approx(losses, rel=1e-6)  # calls go on, not restart
-    for k in (2, 5):
-        assert make("tse", ctx, steps=k).score(arch) == pytest.approx(-sum(losses[:k]), rel=1e-6)
+    for k, window, last in ((2, 1, 2), (5, 1, 5), (5, 0.5, 3), (4, 0.5, 2), (5, 0.2, 1), (5, 0.01, 1)):
+        score = make("tse", ctx, steps=k, window=window).score(arch)
+        assert score == pytest.approx(-sum(losses[k - last:k]), rel=1e-6)
+    assert make("tse", ctx, steps=5).score(arch) == pytest.approx(-sum(losses[2:]), rel=1e-6)  # default: half
     from nas.train import Trainer
 
     tr = make("tse", ctx).trainer(arch)
@@ -119,7 +122,7 @@ def test_tse_trains_at_its_resolution(ctx):
 
 
 def test_tse_refuses_bad_options(ctx):
-    for bad in ({"steps": 0}, {"lr": 0}, {"epochs": 0}):
+    for bad in ({"steps": 0}, {"lr": 0}, {"epochs": 0}, {"window": 0}, {"window": 1.5}):
         with pytest.raises(ValueError, match="tse estimator"):
             make("tse", ctx, **bad)
 
