@@ -81,7 +81,8 @@ def main() -> int:
         allb = json.loads(BENCHMARKS.read_text())
         entry = allb[json.loads(held.with_suffix(".json").read_text())["settings"]["space"]]
         others = [o for o in entry.get("other_truths", []) if o["truth"] != held.name]
-        others.append({"truth": held.name, "what": f"{len(d2)} other architectures (held out)",
+        seed = json.loads(held.with_suffix(".json").read_text())["settings"].get("sample_seed")
+        others.append({"truth": held.name, "what": f"{len(d2)} other architectures (held out, sample seed {seed})",
                        "kendall_tau": {n: round(t2[n]["kendall_tau"], 4) for n in names}})
         entry["other_truths"] = others
         BENCHMARKS.write_text(json.dumps(allb, indent=2) + "\n")

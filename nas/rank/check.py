@@ -15,7 +15,7 @@ from .evaluate import ranking_metrics
 BENCHMARKS = Path(__file__).with_name("benchmarks.json")
 DIGITS_NOTE = ("this is the offline fallback (scikit-learn's 1,797 8x8 digits, upsampled): architectures do differ "
                "on it (16 random cells trained stand-alone: 31-97% test accuracy, seed-to-seed Kendall tau 0.81) and tse "
-               "ranks them (tau 0.72, where parameter count gets -0.27 and the zero-cost proxies -0.38 to -0.55: "
+               "ranks them (tau 0.77, where parameter count gets -0.27 and the zero-cost proxies -0.38 to -0.55: "
                "results/benchmarks/ranking_darts_digits.txt), but what pays off on 16x16 digits says little about natural "
                "images: it shows the tool working; give --data (e.g. NAS_DATA=../shared/data/cifar10_subset.npz) for that")
 
