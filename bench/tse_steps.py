@@ -31,7 +31,8 @@ from nas.cli import _kv  # noqa: E402
 from nas.estimators.tse import WINDOW, tse_score  # noqa: E402
 from nas.rank.evaluate import load_truth, noise_ceiling, ranking_metrics  # noqa: E402
 
-TRUTHS = ["truth_darts_cifar10_subset.csv", "truth_darts_cifar10_subset_s1.csv", "truth_darts_cifar10_subset_e6.csv"]
+TRUTHS = ["truth_darts_cifar10_subset.csv", "truth_darts_cifar10_subset_s1.csv", "truth_darts_cifar10_subset_e6.csv",
+          "truth_darts_cifar10_subset_s2.csv"]
 CHECKS = (8, 16, 32, 64)
 _W: Dict[str, Any] = {}
 
