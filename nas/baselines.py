@@ -15,6 +15,22 @@ import pandas as pd
 COLUMNS = ["name", "scale", "flops", "params", "latency_ms", "score", "note"]
 
 
+def preset_choices(space) -> Dict[str, Dict[str, Any]]:
+    """The space's ``BASELINES`` presets as its own choices (their cells or blocks at the space's
+    sizes), where every value is one of the space's candidates: what a warm-started search
+    proposes first.  A preset the candidates cannot express (``--ops`` without its ops) is left out."""
+    choices, out = space.choices(), {}
+    for name in space.BASELINES:
+        try:
+            params = space.encode(space.presets[name])
+        except ValueError:  # a preset this space's choices cannot hold
+            continue
+        if set(params) == set(choices) and all(v in choices[k] for k, v in params.items()) \
+                and params not in out.values():
+            out[name] = params
+    return out
+
+
 def _fits(c: Dict[str, float], constraints: Sequence[Any]) -> bool:
     values = {"flops": c["flops"], "params": c["params"], "latency": c.get("latency_ms")}
     return all(values[k.kind] is not None and k.violation(values[k.kind]) <= 0 for k in constraints)

@@ -139,6 +139,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="re-time the latency anchors between trials when their timing is older (default 600; 0: "
                         "at start only); each trial records the scale it was judged with (trials.csv latency_scale)")
     p.add_argument("--population", type=int, default=None, help="NSGA-II population (default trials/4 in 8..50)")
+    p.add_argument("--no-warm-start", dest="warm_start", action="store_false",
+                   help="do not propose the space's baseline presets (darts: DARTS-V2, V1) as the first trials")
     p.add_argument("--batch-size", type=int, default=64, help="supernet training batch (default 64)")
     p.add_argument("--lr", type=float, default=0.05, help="supernet learning rate (default 0.05, cosine)")
     p.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
@@ -193,7 +195,7 @@ def _search(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     cfg = SearchConfig(budget=args.budget, space=args.space, ops=args.ops, fusions=args.fusions,
                        space_options=dict(args.space_opt), driver=args.driver, sampler=args.sampler,
                        driver_options=dict(args.driver_opt),
-                       population=args.population, trials=args.trials, epochs=args.epochs,
+                       population=args.population, warm_start=args.warm_start, trials=args.trials, epochs=args.epochs,
                        estimator=args.estimator or SearchConfig.estimator, estimator_options=dict(args.estimator_opt),
                        rank_check=args.rank_check, rank_check_epochs=args.rank_check_epochs, verdict_pairs=args.verdict_pairs,
                        verify=args.verify,

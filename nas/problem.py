@@ -159,8 +159,10 @@ class Problem:
     def __init__(self, space: SearchSpace, constraints: Sequence[Constraint],
                  costs: Callable[[ArchBase], Dict[str, float]], score: Callable[[ArchBase], float],
                  objectives: Sequence[Objective], estimator: str = "", score_is_accuracy: bool = True,
-                 trial_timeout: float = 0.0):
+                 trial_timeout: float = 0.0, initial: Optional[Dict[str, Dict[str, Any]]] = None):
         self.space, self.constraints, self.costs, self.score = space, tuple(constraints), costs, score
+        # name -> choices a driver that warm-starts (Driver.warm_starts) proposes first, in order
+        self.initial = dict(initial or {})
         self.estimator, self.score_is_accuracy = estimator, score_is_accuracy
         self.trial_timeout = float(trial_timeout)  # seconds one candidate's scoring may take; 0: no limit
         self.objectives = list(objectives)

@@ -36,7 +36,7 @@ from .interrupt import requested as stop_requested
 from .latency.validate import SEARCH_EVERY
 from .latency.choose import (choose as choose_latency, latency_config, latency_lines, open_and_calibrate,
                              wanted as latency_wanted)
-from .baselines import scaled_baselines
+from .baselines import preset_choices, scaled_baselines
 from .plots import plot_modules, plot_pareto
 from .verdicts import PAIR_COLUMNS, module_verdicts, verify_pairs
 from .problem import Objective, Problem, TrialRecord
@@ -57,6 +57,7 @@ class SearchConfig:
     sampler: Optional[str] = None  # None = the driver's default (optuna: nsga2, multi-objective with constraints)
     driver_options: Dict[str, Any] = field(default_factory=dict)  # e.g. ray: address, concurrency
     population: Optional[int] = None  # NSGA-II population; None = trials/4 within 8..50, so short runs evolve
+    warm_start: bool = True  # propose the space's baseline presets first: a search should beat what it is compared with
     trials: int = 64  # candidates proposed; rejected ones cost milliseconds, scored ones ~a second
     estimator: str = estimators.DEFAULT  # ranks candidates; the best measured by bench/ranking.py (README)
     estimator_options: Dict[str, Any] = field(default_factory=dict)  # e.g. supernet: sampling=fair
@@ -275,8 +276,12 @@ def _run(cfg: SearchConfig, collect: bool = False) -> Dict[str, Any]:
             f"writes its run folder at any time")
 
     costs = CostModel(latency, cfg.latency_every)
+    initial = preset_choices(sp) if cfg.warm_start and driver.warm_starts else {}
+    if cfg.warm_start:
+        say(f"warm start: {', '.join(initial) or 'none'} proposed first" if driver.warm_starts else
+            f"warm start: the {cfg.driver} driver proposes on its own (no warm start)")
     problem = Problem(sp, constraints, costs, est.score, objectives, estimator=cfg.estimator,
-                      score_is_accuracy=est.is_accuracy, trial_timeout=cfg.trial_timeout)
+                      score_is_accuracy=est.is_accuracy, trial_timeout=cfg.trial_timeout, initial=initial)
     if cfg.resume:
         problem._scores.update({r.arch_hash: r.score for r in records if r.score is not None})
     interrupted = False
@@ -342,7 +347,7 @@ def _run(cfg: SearchConfig, collect: bool = False) -> Dict[str, Any]:
         summary["latency_calibrations"] = [c.to_dict() for c in latency.history]  # start-up, then re-anchorings
         if latency.timed_parts:
             phases.update(latency_parts_timed=latency.timed_parts, latency_timing_s=round(latency.timing_s, 1))
-    summary.update(driver=driver.describe(), exported=exported, phases=phases, interrupted=interrupted, seconds=time.time() - t_start,
+    summary.update(driver=driver.describe(), warm_start=list(initial), exported=exported, phases=phases, interrupted=interrupted, seconds=time.time() - t_start,
                    counted_parts=costs.counter.traced, estimator=desc, ranking_benchmark=trust,
                    trust=trust_line(trust, cfg.estimator, sp.name), rank_check=check, verify=verify,
                    warnings=quality_warnings(desc.get("history"), records, ds.num_classes, ds.name))

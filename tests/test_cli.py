@@ -34,7 +34,7 @@ def _run(tmp_path, name, budget="8.5MFLOPs", extra=()):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli")
-    return [_run(tmp, "a", extra=["--export", "py,torchscript,pt2,onnx"]), _run(tmp, "b")]
+    return [_run(tmp, "a", extra=["--export", "py,torchscript,pt2,onnx"]), _run(tmp, "b", extra=["--no-warm-start"])]
 
 
 def test_run_writes_every_output(runs):
@@ -66,6 +66,17 @@ def test_run_writes_every_output(runs):
     assert all((out / "export" / o["file"]).exists() for o in card["formats"])
     assert json.loads((out / "summary.json").read_text())["exported"]["onnx"] is True
     assert not (runs[1][1] / "export").exists()  # --export none
+
+
+def test_the_search_starts_from_the_expressible_presets(runs):
+    from space.darts import DARTS_V2, DartsSpace
+
+    (_, warm), (_, cold) = runs
+    assert json.loads((warm / "summary.json").read_text())["warm_start"] == ["darts_v2"]  # V1 needs avg_pool
+    assert json.loads((cold / "summary.json").read_text())["warm_start"] == []
+    first = [json.loads(f.read_text().splitlines()[0])["choices"] for f in (warm / "trials.jsonl", cold / "trials.jsonl")]
+    sp = DartsSpace(ops=TINY[TINY.index("--ops") + 1].split(","), fusions=["sum"])
+    assert first[0] == sp.encode(DARTS_V2) != first[1]
 
 
 def test_module_pairs_are_the_pairs_behind_the_verdicts(runs):

@@ -17,6 +17,7 @@ for _k, _v in {"RAY_USAGE_STATS_ENABLED": "0", "RAY_AIR_NEW_OUTPUT": "0"}.items(
 
 import pytest
 
+import space
 from nas import drivers
 from nas.budget import parse_budget
 from nas.costs import CostModel
@@ -108,6 +109,61 @@ def test_unknown_driver_option_is_a_one_line_error(tmp_path, capsys):
                "--driver", "random", "--driver-opt", "concurrency=2"])
     assert rc == 2
     assert "driver 'random' takes no option concurrency" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", drivers.names())
+def test_a_warm_start_proposes_the_presets_first_and_once(name, tmp_path, darts):
+    """A driver that warm-starts proposes the space's expressible baseline presets as its first
+    trials, in order, and a resumed run does not propose them again."""
+    from nas.baselines import preset_choices
+
+    try:
+        cls = drivers._class(name)
+    except drivers.DriverUnavailable:
+        pytest.skip(f"{name} is not installed")
+    if not cls.warm_starts:
+        pytest.skip(f"the {name} driver proposes on its own")
+    initial = preset_choices(darts)
+    assert list(initial) == ["darts_v2"]  # DARTS-V1 needs avg_pool_3x3, not among these ops
+    prob = Problem(darts, parse_budget(TIGHT), CostModel(), fake_score,
+                   [Objective("score", True), Objective("flops", False)], initial=initial)
+    kw = dict(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="s", sampler=cls.default_sampler,
+              population=None, folder=None)
+    first = collect(drivers.get(name, **kw), prob, 4)
+    assert first[0].choices == initial["darts_v2"]
+    assert nodes(first[0].arch.normal) == nodes(darts.presets["darts_v2"].normal)
+    assert all(r.choices != initial["darts_v2"] for r in first[1:])
+    rest = collect(drivers.get(name, **kw), prob, 8, start=4)
+    assert [r.number for r in rest] == list(range(4, 8))
+    assert all(r.choices != initial["darts_v2"] for r in rest)
+
+
+def test_presets_the_candidates_cannot_express_are_left_out():
+    from nas.baselines import preset_choices
+
+    assert preset_choices(DartsSpace(ops=["skip_connect", "sep_conv_3x3"], fusions=["sum"])) == {}
+    full = preset_choices(DartsSpace())
+    assert list(full) == ["darts_v2", "darts_v1"]
+    for name, params in full.items():
+        assert nodes(DartsSpace().decode(params).reduce) == nodes(DartsSpace().presets[name].reduce)
+
+
+@pytest.mark.parametrize("name", space.SPACES.names())
+def test_every_space_writes_some_preset_in_its_own_choices(name):
+    from nas.baselines import preset_choices
+
+    sp = space.SPACES[name]()
+    if not sp.BASELINES:
+        pytest.skip(f"{name} names no baseline presets")
+    found = preset_choices(sp)
+    assert found, f"{name}: no baseline preset is a warm start"
+    for params in found.values():
+        assert sp.encode(sp.decode(params)) == params
+
+
+def nodes(cell):
+    """A cell's nodes as sets of (op, input): a node sums its two edges in either order."""
+    return [frozenset(cell.edges[i:i + 2]) for i in range(0, len(cell.edges), 2)], cell.combine
 
 
 # ---------------------------------------------------------------- Ray Tune

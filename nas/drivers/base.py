@@ -18,6 +18,8 @@ class Driver:
 
     name: ClassVar[str] = ""
     default_sampler: ClassVar[str] = "nsga2"  # what --sampler means when not given
+    # proposes ``problem.initial`` (the published designs the run compares with) before its own
+    warm_starts: ClassVar[bool] = False
 
     def run(self, problem: Problem, n_trials: int, seed: int, on_trial: OnTrial, start: int = 0) -> None:
         raise NotImplementedError

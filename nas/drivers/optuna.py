@@ -85,8 +85,16 @@ def check_storage(url: str) -> None:
         engine.dispose()
 
 
+def enqueue_initial(study, problem: Problem) -> None:
+    """The warm start: ``problem.initial`` queued as the study's first trials; a resumed run or a
+    second worker of a shared study finds them queued or run already and adds none."""
+    for params in problem.initial.values():
+        study.enqueue_trial(params, skip_if_exists=True)
+
+
 class OptunaDriver(Driver):
     name = "optuna"
+    warm_starts = True
 
     def __init__(self, storage: str, study_name: str = "search", sampler: str = "nsga2",
                  population: Optional[int] = None, folder: Optional[Path] = None, shared: bool = False,
@@ -128,6 +136,7 @@ class OptunaDriver(Driver):
         # numbered after the trial log, not the study: a trial cut short by Ctrl-C is FAIL there
         # but has no record, and must not leave a gap in the numbers
         number = [start]
+        enqueue_initial(study, problem)
 
         def objective(trial: "optuna.Trial"):
             params = {k: trial.suggest_categorical(k, v) for k, v in problem.choices.items()}

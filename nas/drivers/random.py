@@ -10,6 +10,7 @@ from ..problem import Problem
 class RandomDriver(Driver):
     name = "random"
     default_sampler = "random"
+    warm_starts = True
 
     def __init__(self, sampler: str = "random", **_):
         if sampler != "random":  # a sampler here would silently not be the one asked for
@@ -18,7 +19,8 @@ class RandomDriver(Driver):
 
     def run(self, problem: Problem, n_trials: int, seed: int, on_trial: OnTrial, start: int = 0) -> None:
         rng = random.Random(seed)
+        initial = list(problem.initial.values())
         for number in range(n_trials):
-            params = {k: rng.choice(v) for k, v in problem.choices.items()}
+            params = initial[number] if number < len(initial) else {k: rng.choice(v) for k, v in problem.choices.items()}
             if number >= start:  # a resumed run replays the same proposals up to where it stopped
                 on_trial(problem.evaluate(params, number))

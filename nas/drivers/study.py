@@ -13,7 +13,7 @@ from ..interrupt import requested as stop_requested
 from ..problem import Problem, TrialRecord
 from ..shared import owner_id
 from .base import OnTrial
-from .optuna import _Failed, storage_of
+from .optuna import _Failed, enqueue_initial, storage_of
 
 ROW = "row"  # user attribute: the trial's whole record (TrialRecord.to_json)
 CONFIG = "plugnas_config"  # study user attribute: the first worker's config.json
@@ -186,5 +186,6 @@ def run_shared(driver, problem: Problem, n_trials: int, seed: int, on_trial: OnT
         return rec.values(problem.objectives)
 
     fail_stale_trials(study)
+    enqueue_initial(study, problem)
     if _count(study, 0)[0] < n_trials:
         study.optimize(objective, catch=(_Failed,), gc_after_trial=False)
