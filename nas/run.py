@@ -347,7 +347,8 @@ def _run(cfg: SearchConfig, collect: bool = False) -> Dict[str, Any]:
         summary["latency_calibrations"] = [c.to_dict() for c in latency.history]  # start-up, then re-anchorings
         if latency.timed_parts:
             phases.update(latency_parts_timed=latency.timed_parts, latency_timing_s=round(latency.timing_s, 1))
-    summary.update(driver=driver.describe(), warm_start=list(initial), exported=exported, phases=phases, interrupted=interrupted, seconds=time.time() - t_start,
+    summary.update(driver=driver.describe(), warm_start=list(initial),
+                   exported=exported, phases=phases, interrupted=interrupted, seconds=time.time() - t_start,
                    counted_parts=costs.counter.traced, estimator=desc, ranking_benchmark=trust,
                    trust=trust_line(trust, cfg.estimator, sp.name), rank_check=check, verify=verify,
                    warnings=quality_warnings(desc.get("history"), records, ds.num_classes, ds.name))

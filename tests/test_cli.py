@@ -34,7 +34,8 @@ def _run(tmp_path, name, budget="8.5MFLOPs", extra=()):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli")
-    return [_run(tmp, "a", extra=["--export", "py,torchscript,pt2,onnx"]), _run(tmp, "b", extra=["--no-warm-start"])]
+    return [_run(tmp, "a", extra=["--export", "py,torchscript,pt2,onnx"]), _run(tmp, "b"),
+            _run(tmp, "c", extra=["--no-warm-start", "--trials", "3"])]
 
 
 def test_run_writes_every_output(runs):
@@ -71,7 +72,7 @@ def test_run_writes_every_output(runs):
 def test_the_search_starts_from_the_expressible_presets(runs):
     from space.darts import DARTS_V2, DartsSpace
 
-    (_, warm), (_, cold) = runs
+    (_, warm), _, (_, cold) = runs
     assert json.loads((warm / "summary.json").read_text())["warm_start"] == ["darts_v2"]  # V1 needs avg_pool
     assert json.loads((cold / "summary.json").read_text())["warm_start"] == []
     first = [json.loads(f.read_text().splitlines()[0])["choices"] for f in (warm / "trials.jsonl", cold / "trials.jsonl")]
@@ -116,7 +117,7 @@ def test_pareto_csv_is_the_front_of_the_trials(runs):
 
 
 def test_same_seed_same_trials(runs):
-    (_, a), (_, b) = runs
+    (_, a), (_, b), _ = runs
     # latency is only reported here (a FLOP budget): it measures the machine at that moment (each run
     # calibrates anew), so its columns (and their scale) may differ; they must not steer the trials
     ta, tb = (pd.read_csv(p / "trials.csv").drop(columns=["seconds", "latency_ms", "latency_scale",

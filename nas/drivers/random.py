@@ -21,6 +21,9 @@ class RandomDriver(Driver):
         rng = random.Random(seed)
         initial = list(problem.initial.values())
         for number in range(n_trials):
-            params = initial[number] if number < len(initial) else {k: rng.choice(v) for k, v in problem.choices.items()}
+            if number < len(initial):
+                params = initial[number]
+            else:
+                params = {k: rng.choice(v) for k, v in problem.choices.items()}
             if number >= start:  # a resumed run replays the same proposals up to where it stopped
                 on_trial(problem.evaluate(params, number))
