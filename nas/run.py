@@ -277,7 +277,7 @@ def _run(cfg: SearchConfig, collect: bool = False) -> Dict[str, Any]:
 
     costs = CostModel(latency, cfg.latency_every)
     initial = preset_choices(sp) if cfg.warm_start and driver.warm_starts else {}
-    if cfg.warm_start:
+    if cfg.warm_start and not collect:  # collecting proposes nothing
         say(f"warm start: {', '.join(initial) or 'none'} proposed first" if driver.warm_starts else
             f"warm start: the {cfg.driver} driver proposes on its own (no warm start)")
     problem = Problem(sp, constraints, costs, est.score, objectives, estimator=cfg.estimator,

@@ -75,7 +75,7 @@ def test_the_search_starts_from_the_expressible_presets(runs):
     (_, warm), _, (_, cold) = runs
     assert json.loads((warm / "summary.json").read_text())["warm_start"] == ["darts_v2"]  # V1 needs avg_pool
     assert json.loads((cold / "summary.json").read_text())["warm_start"] == []
-    first = [json.loads(f.read_text().splitlines()[0])["choices"] for f in (warm / "trials.jsonl", cold / "trials.jsonl")]
+    first = [json.loads((f / "trials.jsonl").read_text().splitlines()[0])["choices"] for f in (warm, cold)]
     sp = DartsSpace(ops=TINY[TINY.index("--ops") + 1].split(","), fusions=["sum"])
     assert first[0] == sp.encode(DARTS_V2) != first[1]
 

@@ -22,9 +22,9 @@ steps (near chance before 64 steps); 16x16 costs about half of 32x32 for about t
 fewer steps or images rank worse.  Summing the last 8 of the 16 losses ranked better than summing
 all 16 on the three truths then committed (Kendall tau 0.59 / 0.61 / 0.46 against 0.49 / 0.59 /
 0.35); it was made the default while a second held-out truth (24 other architectures) was
-still training, and that truth confirmed it: 0.48 there, the plain sum 0.38.  About 5 s a candidate on 2 cores,
-so the default command of 64 trials and its module verdicts (some 110 candidates scored) stays
-within 20 minutes (10 minutes on the CIFAR-10 subset).
+still training, and that truth confirmed it: 0.48 there, the plain sum 0.38.  About 5 s a
+candidate on 2 cores, so the default command of 64 trials and its module verdicts (some 110
+candidates scored) stays within 20 minutes (10 minutes on the CIFAR-10 subset).
 
 Its training stream (initial weights, batch order, augmentation) is the run's seed plus
 ``SEED_OFFSET``: a ground truth trains seeds 0, 1, ... with the same recipe, so without the offset
