@@ -4,9 +4,9 @@ import random
 
 import numpy as np
 import pytest
-from torch import nn
 
 import space
+import toys
 from nas.budget import parse_budget
 from nas.costs import CostModel
 from nas.data import Splits, load_digits_fallback
@@ -14,37 +14,19 @@ from nas.estimators import Context, make
 from nas.problem import Objective, Problem
 from nas.verdicts import bootstrap_mean, module_verdicts, verdict
 from space.darts import DartsSpace
-from space.registry import OPS
-
-
-class _Zeroes(nn.Module):
-    """A separable conv whose output is multiplied by zero: harmful by construction."""
-
-    def __init__(self, C_in, C_out, stride):
-        super().__init__()
-        self.inner = OPS["sep_conv_3x3"](C_in, C_out, stride)
-
-    def forward(self, x):
-        return self.inner(x) * 0.0
 
 
 @pytest.fixture
 def toy_ops():
-    OPS.register("zz_harmful", lambda C_in, C_out, stride, **kw: _Zeroes(C_in, C_out, stride), tags={"conv"})
-    # the same module as its plain counterpart under another name: neutral by construction
-    OPS.register("zz_neutral", lambda C_in, C_out, stride, **kw: OPS["sep_conv_3x3"](C_in, C_out, stride),
-                 tags={"conv"})
-    yield
-    OPS.remove("zz_harmful")
-    OPS.remove("zz_neutral")
+    with toys.toy_ops():
+        yield
 
 
 @pytest.mark.parametrize("estimator", ["zc:meco", "zc:naswot"])
 def test_harmful_op_costs_accuracy_and_neutral_op_has_no_effect(toy_ops, estimator):
     ds = load_digits_fallback(0, size=16)
     splits = Splits.make(ds, 64, 0.2, 0, calib_batches=2)
-    sp = DartsSpace(ops=["skip_connect", "sep_conv_3x3", "zz_harmful", "zz_neutral"], fusions=["sum"], channels=8,
-                    cells=3, input_size=(3, 16, 16))
+    sp = DartsSpace(ops=toys.TOY_OPS, fusions=["sum"], channels=8, cells=3, input_size=(3, 16, 16))
     est = make(estimator, Context(sp, splits, ds.num_classes, ds.input_size, seed=0, progress=False))
     est.prepare()
     prob = Problem(sp, parse_budget("1GFLOPs"), CostModel(), est.score,
