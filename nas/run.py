@@ -318,8 +318,9 @@ def _run(cfg: SearchConfig, collect: bool = False) -> Dict[str, Any]:
             say(f"module verdicts and the export of this study are written by worker {last}, or by nas.collect")
 
     t0 = time.time()
+    verdict_pairs = cfg.verdict_pairs if slow_parts and not interrupted else 0
     summary = finalize(folder, records, objectives, constraints, sp, est, costs, ds,  # Ctrl-C: no more scoring
-                       cfg.verdict_pairs if slow_parts and not interrupted else 0, cfg.progress,
+                       verdict_pairs, cfg.progress,
                        score=_unscored if interrupted else problem.timed_score)
     phases["export_s"] = time.time() - t0
     verify = None
@@ -351,7 +352,8 @@ def _run(cfg: SearchConfig, collect: bool = False) -> Dict[str, Any]:
                    exported=exported, phases=phases, interrupted=interrupted, seconds=time.time() - t_start,
                    counted_parts=costs.counter.traced, estimator=desc, ranking_benchmark=trust,
                    trust=trust_line(trust, cfg.estimator, sp.name), rank_check=check, verify=verify,
-                   warnings=quality_warnings(desc.get("history"), records, ds.num_classes, ds.name))
+                   warnings=quality_warnings(desc.get("history"), records, ds.num_classes, ds.name)
+                   + ([est.verdict_caveat] if verdict_pairs and est.verdict_caveat else []))
     write_json(folder / "summary.json", {k: v for k, v in summary.items() if k not in ("front", "best")})
     return summary
 

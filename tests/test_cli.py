@@ -252,3 +252,19 @@ def test_verify_trains_the_best_pairs_and_says_whether_training_agrees(tmp_path,
     v = json.loads((out / "summary.json").read_text())["verify"]
     assert v["k"] == len(rows) and v["agree"] == int(rows.agree.sum())
     assert f"in {v['agree']} of {v['k']} ablation pairs" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # about 20 s: two tse runs; .ci/run runs the slow tests
+def test_a_run_notes_what_its_estimators_verdicts_get_wrong_where_it_writes_verdicts(tmp_path, capsys):
+    from nas.estimators import ESTIMATORS
+
+    caveat = ESTIMATORS["tse"].verdict_caveat
+    assert "toy_verdict_tse.txt" in caveat and (ROOT_DIR / "results/benchmarks/toy_verdict_tse.txt").exists()
+    tse = ["--estimator", "tse", "--estimator-opt", "steps=2", "--trials", "3", "--no-warm-start"]
+    rc, out = _run(tmp_path, "tse", extra=[*tse, "--verdict-pairs", "1"])
+    assert rc == 0 and len(pd.read_csv(out / "modules.csv"))
+    assert caveat in json.loads((out / "summary.json").read_text())["warnings"]
+    assert f"note: {caveat}" in capsys.readouterr().out
+    rc, out = _run(tmp_path, "no-verdicts", extra=[*tse, "--verdict-pairs", "0"])
+    assert rc == 0 and caveat not in json.loads((out / "summary.json").read_text())["warnings"]
+

@@ -53,6 +53,9 @@ class Estimator:
     is_accuracy: bool = False
     scores_as_set: bool = False  # score_many() is more than score() in a loop (successive halving)
     scores_on: str = "{data} validation split"  # what a score reads, as a run's plots name it
+    # What module verdicts under this estimator are measured to get wrong; a run that writes
+    # verdicts prints it as a note and keeps it in summary.json's warnings.
+    verdict_caveat: str = ""
     # Called with (path, epoch) after each checkpoint is written: the workers of one study share
     # the trainer's (nas/shared.py).  Set by the run, never by the estimator.
     after_save = None

@@ -53,6 +53,10 @@ def tse_score(losses, window: float = WINDOW) -> float:
 class TrainingSpeedEstimator(Estimator):
     is_accuracy = False  # minus a summed loss: an order, not an accuracy
     scores_on = "{data} training split (its first training losses)"
+    verdict_caveat = ("module verdicts under tse say how a module changes the loss of a candidate's first training "
+                      "steps, not its trained accuracy: on a toy space an op that zeroes its output read 'pays off' "
+                      "where 3 epochs of training said 'costs accuracy' (results/benchmarks/toy_verdict_tse.txt); "
+                      "check a verdict you act on with --verify K")
 
     def __init__(self, ctx: Context, steps: int = 16, resolution: int = 16, lr: float = 0.05, epochs: int = 3,
                  window: float = WINDOW):
