@@ -9,15 +9,14 @@ read the zeroing op as *costs accuracy*.  The default ``tse`` reads it as *pays 
 asks training: the same estimator's ablation pairs (the test's 24 random candidates, 5 pairs per
 module), each architecture trained with and without the module as the ground truth trains
 (reduced copy, ``--epochs`` on the digits' training split, ``--seeds`` seeds), and the verdict rule
-applied to the paired change in test accuracy.  Trainings are appended to
+applied to the paired change in test accuracy (``bench/verdict_training.py``'s report, which does
+the same for a real run's pairs).  Trainings are appended to
 ``results/benchmarks/toy_verdict/trained.csv`` as they finish, so a cut run resumes.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import random
-import statistics
 import sys
 from pathlib import Path
 
@@ -32,8 +31,9 @@ from nas.data import Splits, load_digits_fallback  # noqa: E402
 from nas.estimators import Context, make  # noqa: E402
 from nas.problem import Objective, Problem  # noqa: E402
 from nas.rank.truth import train_copy  # noqa: E402
-from nas.verdicts import bootstrap_mean, module_verdicts, verdict  # noqa: E402
+from nas.verdicts import module_verdicts  # noqa: E402
 from space.darts import DartsSpace  # noqa: E402
+from verdict_training import Trained, pair_report, train_pending  # noqa: E402
 
 CACHE = Path(__file__).resolve().parents[1] / "results" / "benchmarks" / "toy_verdict" / "trained.csv"
 
@@ -58,47 +58,20 @@ def main() -> None:
         pairs: list = []
         df = module_verdicts(sp, recs, recs[:3], est.score, CostModel(), k=5, pairs=pairs).set_index("module")
 
-        CACHE.parent.mkdir(parents=True, exist_ok=True)
-        done = {}
-        if CACHE.exists():
-            with open(CACHE, newline="") as f:
-                done = {(r["arch_hash"], int(r["seed"]), int(r["epochs"])): float(r["test_acc"]) for r in csv.DictReader(f)}
-
-        def acc(arch, seed: int) -> float:
-            key = (arch.arch_hash, seed, a.epochs)
-            if key not in done:
-                done[key] = train_copy(arch, None, splits, a.epochs, 0.05, seed, ds.input_size,
-                                       ds.num_classes)["test_acc"]
-                new = not CACHE.exists()
-                with open(CACHE, "a", newline="") as f:
-                    w = csv.writer(f)
-                    if new:
-                        w.writerow(["arch_hash", "seed", "epochs", "test_acc"])
-                    w.writerow([*key, repr(done[key])])
-            return done[key]
-
         by_trial = {r.number: r for r in recs}
+        pairs = [{"module": p["module"], "trial": p["trial"], "d_score": p["d_score"], "with": by_trial[p["trial"]].arch,
+                  "without": sp.without(by_trial[p["trial"]].arch, p["role"], p["module"])} for p in pairs]
+        trained = Trained(CACHE)
+        train_pending(trained, [x for p in pairs for x in (p["with"], p["without"])], a.seeds, a.epochs,
+                      lambda arch, seed: train_copy(arch, None, splits, a.epochs, 0.05, seed, ds.input_size,
+                                                    ds.num_classes)["test_acc"])
         lines = [command(), "", f"toy DARTS space (3 cells x 8 ch, ops {', '.join(toys.TOY_OPS)}, sum) on 16x16 digits; "
                  f"scores: {a.estimator}; trained: reduced copy, {a.epochs} epochs, seeds 0..{a.seeds - 1}, "
-                 f"test accuracy ({len(ds.y_test)} images) averaged over seeds", "",
-                 f"{'module':<11} {'trial':>5} {'d_score':>8} {'acc with':>8} {'without':>8} {'d_acc':>7}  per seed"]
-        summary = []
-        for module in ("zz_harmful", "zz_neutral"):
-            d_accs = []
-            for p in (p for p in pairs if p["module"] == module):
-                arch = by_trial[p["trial"]].arch
-                plain = sp.without(arch, p["role"], module)
-                w = [acc(arch, s) for s in range(a.seeds)]
-                wo = [acc(plain, s) for s in range(a.seeds)]
-                d = statistics.mean(w) - statistics.mean(wo)
-                d_accs.append(d)
-                lines.append(f"{module:<11} {p['trial']:>5} {p['d_score']:>8.3f} {statistics.mean(w):>8.3f} "
-                             f"{statistics.mean(wo):>8.3f} {d:>+7.3f}  " + " ".join(f"{x - y:+.3f}" for x, y in zip(w, wo)))
-            mean, lo, hi = bootstrap_mean(d_accs)
-            summary.append(f"{module}: {a.estimator} says {df.loc[module, 'verdict']} (d_score {df.loc[module, 'd_score']:+.3f}, "
-                           f"95% {df.loc[module, 'd_score_lo']:+.3f}..{df.loc[module, 'd_score_hi']:+.3f}); training says "
-                           f"{verdict(lo, hi, len(d_accs))} (d_acc {mean:+.3f}, 95% {lo:+.3f}..{hi:+.3f}, {len(d_accs)} pairs)")
-    emit(lines + [""] + summary, a.out)
+                 f"test accuracy ({len(ds.y_test)} images)", ""]
+        lines += pair_report(pairs, trained.load(), a.seeds, a.epochs, dict(df.verdict))
+        lines += [""] + [f"{m}: {a.estimator}'s d_score {df.loc[m, 'd_score']:+.3f} (95% {df.loc[m, 'd_score_lo']:+.3f}.."
+                         f"{df.loc[m, 'd_score_hi']:+.3f})" for m in ("zz_harmful", "zz_neutral")]
+    emit(lines, a.out)
 
 
 if __name__ == "__main__":
