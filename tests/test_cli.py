@@ -267,4 +267,3 @@ def test_a_run_notes_what_its_estimators_verdicts_get_wrong_where_it_writes_verd
     assert f"note: {caveat}" in capsys.readouterr().out
     rc, out = _run(tmp_path, "no-verdicts", extra=[*tse, "--verdict-pairs", "0"])
     assert rc == 0 and caveat not in json.loads((out / "summary.json").read_text())["warnings"]
-

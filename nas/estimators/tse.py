@@ -57,7 +57,8 @@ class TrainingSpeedEstimator(Estimator):
                       "steps, not its trained accuracy: on a toy space an op that zeroes its output read 'pays off' "
                       "where 3 epochs of training said 'costs accuracy' (results/benchmarks/toy_verdict_tse.txt), and "
                       "training agreed with 3 of the 300 MFLOPs example's 8 'pays off' verdicts on the CIFAR-10 subset "
-                      "(verdict_training_darts_300MFLOPs.txt); check a verdict you act on with --verify K")
+                      "(results/benchmarks/verdict_training_darts_300MFLOPs.txt); check a verdict you act on with "
+                      "--verify K")
 
     def __init__(self, ctx: Context, steps: int = 16, resolution: int = 16, lr: float = 0.05, epochs: int = 3,
                  window: float = WINDOW):
