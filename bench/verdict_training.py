@@ -115,7 +115,8 @@ def _run_pairs(run: Path, which: str, per_module: int):
     cfg = json.loads((run / "config.json").read_text())
     c = cfg["config"]
     sp = space.SPACES[c["space"]](**{k: v for k, v in cfg["space"].items() if k != "space"})
-    mods = list(csv.DictReader(open(run / "modules.csv", newline="")))
+    with open(run / "modules.csv", newline="") as f:
+        mods = list(csv.DictReader(f))
     verdicts = {m["module"]: m["verdict"] for m in mods}
     keep = {m for m, v in verdicts.items() if which == "all" or v == which.replace("-", " ")}
     trials = {}
@@ -123,8 +124,10 @@ def _run_pairs(run: Path, which: str, per_module: int):
         for line in f:
             t = json.loads(line)
             trials[t["trial"]] = t
+    with open(run / "module_pairs.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
     pairs = []
-    for p in csv.DictReader(open(run / "module_pairs.csv", newline="")):  # best-scored first within a module
+    for p in rows:  # best-scored first within a module
         if p["module"] in keep and sum(q["module"] == p["module"] for q in pairs) < per_module:
             arch = sp.decode(trials[int(p["trial"])]["choices"])
             pairs.append({"module": p["module"], "trial": int(p["trial"]), "d_score": float(p["d_score"]),
